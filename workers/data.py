@@ -1,0 +1,197 @@
+"""Scan data and reconstruction state: the in-memory types every engine shares.
+
+``ScanData`` holds what was measured (host, numpy); ``ReconState`` what is being
+reconstructed (torch, on the engine's device). File formats live in ``workers.io``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from workers import physics
+from workers.errors import DataError
+
+PLANCK_C = 6.62607015e-34 * 299792458.0  # h c, J m
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Propagation geometry. ``pixel_size`` is the sample-plane pixel (m); 0 where unknown."""
+
+    kind: Literal["far", "near"] = "far"
+    wavelength: float = 0.0
+    distance: float = 0.0
+    pixel_size: float = 0.0
+
+    def propagator(self, size: int, device: torch.device | str) -> physics.Propagator:
+        """The propagator this geometry implies for frames of ``size`` x ``size``."""
+        if self.kind == "far":
+            return physics.FarField()
+        return physics.NearField(self.wavelength, self.distance, self.pixel_size, size, device)
+
+
+@dataclass
+class ScanData:
+    """Measured ptychographic scan (host memory).
+
+    intensities : (FRAME, M, M) float32, detector counts, zero frequency at the centre.
+    positions   : (FRAME, 2) float64, (row, col) of the probe window's top-left corner, pixels,
+                  in the scan's own frame (any origin).
+    mask        : (M, M) bool, True where a pixel is valid; None means all valid.
+    probe       : (MODE, M, M) complex64 guess, or None.
+    truth       : ground truth (``object``, ``probe``, ``positions``) of simulated scans.
+    """
+
+    intensities: np.ndarray
+    positions: np.ndarray
+    geometry: Geometry = field(default_factory=Geometry)
+    mask: np.ndarray | None = None
+    probe: np.ndarray | None = None
+    source: str = "<memory>"
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def frame_size(self) -> int:
+        return int(self.intensities.shape[-1])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.intensities.shape[0])
+
+    def validate(self) -> None:
+        """Raise ``DataError`` naming the source and field for anything a reconstruction cannot use."""
+        src, i = self.source, self.intensities
+        if i.ndim != 3 or i.shape[1] != i.shape[2] or i.shape[0] == 0:
+            raise DataError(f"{src}: intensities: expected shape (N, M, M) with N > 0, got {i.shape}")
+        if not np.isfinite(i).all():
+            raise DataError(f"{src}: intensities: {int((~np.isfinite(i)).sum())} values are NaN or infinite")
+        if (i < 0).any():
+            raise DataError(f"{src}: intensities: {int((i < 0).sum())} values are negative (min {i.min():g})")
+        p = self.positions
+        if p.shape != (i.shape[0], 2):
+            raise DataError(f"{src}: positions: expected shape ({i.shape[0]}, 2) to match the frames, got {p.shape}")
+        if not np.isfinite(p).all():
+            raise DataError(f"{src}: positions: contains NaN or infinite values")
+        span = float(np.ptp(p, axis=0).max())
+        if span > 65536:
+            raise DataError(
+                f"{src}: positions: the scan spans {span:.3g} pixels; beyond any sane range "
+                "(check the units and the pixel size)"
+            )
+        m = i.shape[-1]
+        if self.mask is not None and self.mask.shape != (m, m):
+            raise DataError(f"{src}: mask: expected shape ({m}, {m}), got {self.mask.shape}")
+        if self.probe is not None and (self.probe.ndim != 3 or self.probe.shape[1:] != (m, m)):
+            raise DataError(f"{src}: probe: expected shape (K, {m}, {m}), got {self.probe.shape}")
+        g = self.geometry
+        if g.kind == "near" and min(g.wavelength, g.distance, g.pixel_size) <= 0:
+            raise DataError(f"{src}: geometry: near-field needs wavelength, distance and pixel size > 0, got {g}")
+
+    def subset(self, index: np.ndarray | slice) -> ScanData:
+        """The frames ``index`` of this scan (sharing geometry, mask and probe guess)."""
+        return ScanData(
+            self.intensities[index], self.positions[index], self.geometry, self.mask, self.probe, self.source
+        )
+
+
+def probe_guess(data: ScanData, n_modes: int = 1) -> np.ndarray:
+    """Initial probe (MODE, M, M) complex64: the data's probe guess, else one built from the data.
+
+    Without a guess, the first mode is the zero-phase back-propagation of the mean measured
+    amplitude (far field: a focused spot of the bright-field extent). Extra modes are the
+    first mode times low-order phase ramps at 10% of its power. The result is scaled so
+    that sum |P|^2 equals the mean frame intensity.
+    """
+    m = data.frame_size
+    if data.probe is not None:
+        probe = data.probe.astype(np.complex64)
+    else:
+        amp = np.sqrt(np.fft.ifftshift(data.intensities.mean(0)))
+        far = torch.from_numpy(amp.astype(np.complex64))
+        near = data.geometry.propagator(m, "cpu").adjoint(far).numpy()
+        probe = np.fft.fftshift(near)[None] if data.geometry.kind == "far" else near[None]
+    probe = probe[:n_modes]
+    cols = np.arange(m) / m
+    while len(probe) < n_modes:
+        ramp = np.exp(2j * np.pi * len(probe) * cols)[None, None, :]
+        probe = np.concatenate([probe, 0.3 * probe[:1] * ramp])
+    power = float(data.intensities.sum(axis=(1, 2)).mean())
+    probe = probe * np.sqrt(power / (np.abs(probe) ** 2).sum())
+    return probe.astype(np.complex64)
+
+
+@dataclass
+class ReconState:
+    """What is being reconstructed, on one device.
+
+    object    : (H, W) complex64.
+    probe     : (MODE, M, M) complex64.
+    positions : (FRAME, 2) float64, probe-window corners in object-array pixels.
+    origin    : (2,) float64 such that object coordinates = scan coordinates + origin.
+    """
+
+    object: torch.Tensor
+    probe: torch.Tensor
+    positions: torch.Tensor
+    origin: np.ndarray
+    margin: int = 8
+
+    @classmethod
+    def initial(cls, probe: np.ndarray, *, margin: int = 8, device: torch.device | str = "cpu") -> ReconState:
+        """An empty state holding the probe guess; ``append_positions`` grows a unit object around the scan."""
+        return cls(
+            object=torch.ones((0, 0), dtype=torch.complex64, device=device),
+            probe=torch.as_tensor(probe, dtype=torch.complex64).to(device),
+            positions=torch.zeros((0, 2), dtype=torch.float64, device=device),
+            origin=np.zeros(2),
+            margin=margin,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.object.device
+
+    def cover(self, scan_positions: np.ndarray) -> None:
+        """Grow the object (padding with ones) so that ``scan_positions`` lie inside with margin."""
+        m, g = self.probe.shape[-1], self.margin
+        if self.object.numel() == 0:
+            self.origin = g - np.floor(scan_positions.min(0))
+        pos = scan_positions + self.origin
+        lo = np.minimum(np.floor(pos.min(0)) - g, 0).astype(int)
+        h, w = self.object.shape
+        hi = np.maximum(np.ceil(pos.max(0)) + m + g, (h, w)).astype(int)
+        if (lo == 0).all() and hi[0] == h and hi[1] == w:
+            return
+        grown = torch.ones((hi[0] - lo[0], hi[1] - lo[1]), dtype=torch.complex64, device=self.device)
+        grown[-lo[0] : -lo[0] + h, -lo[1] : -lo[1] + w] = self.object
+        self.object = grown
+        self.origin = self.origin - lo
+        if self.positions.numel():
+            self.positions = self.positions - torch.as_tensor(lo, dtype=torch.float64, device=self.device)
+
+    def append_positions(self, scan_positions: np.ndarray) -> None:
+        """Add frames' positions (scan coordinates), growing the object to cover them."""
+        self.cover(scan_positions)
+        new = torch.from_numpy(scan_positions + self.origin).to(self.device)
+        self.positions = torch.cat([self.positions, new])
+
+    def copy(self) -> ReconState:
+        return ReconState(
+            self.object.clone(), self.probe.clone(), self.positions.clone(), self.origin.copy(), self.margin
+        )
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Host copies: object (H, W), probe (MODE, M, M), positions (FRAME, 2), origin (2,)."""
+        return {
+            "object": self.object.cpu().numpy(),
+            "probe": self.probe.cpu().numpy(),
+            "positions": self.positions.cpu().numpy(),
+            "origin": self.origin.copy(),
+        }

@@ -1,0 +1,146 @@
+"""The engine interface: streaming first (``add_frames``, ``iterate``, ``snapshot``)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from workers import physics
+from workers.data import Geometry, ReconState
+from workers.engines.options import EngineName, EngineOptions
+from workers.errors import DataError
+
+SUBPIXEL_PAD = 2
+
+
+class Engine(ABC):
+    """Advances a ``ReconState`` against a growing set of measured frames.
+
+    Frames arrive with ``add_frames`` (all at once offline, in chunks while streaming);
+    ``iterate(n)`` runs n epochs (or iterations) over every frame received so far and
+    records, per epoch, the normalised amplitude residual
+    sum_r || |D(P S_r O)| - sqrt(I_r) ||^2 / sum_r sum I_r and the wall time since the
+    first ``iterate`` call.
+    """
+
+    name: ClassVar[EngineName]
+    options_model: ClassVar[type[EngineOptions]]
+
+    def __init__(
+        self,
+        state: ReconState,
+        geometry: Geometry,
+        options: EngineOptions,
+        *,
+        mask: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(options, self.options_model):
+            raise TypeError(f"{self.name}: options must be {self.options_model.__name__}, got {type(options).__name__}")
+        self.state = state
+        self.geometry = geometry
+        self.options = options
+        self.device = state.device
+        self.size = int(state.probe.shape[-1])
+        self.propagator = geometry.propagator(self.size, self.device)
+        self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.float32, device=self.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.amplitudes = torch.empty((0, self.size, self.size), dtype=torch.float32, device=self.device)
+        self.n_frames = 0
+        self.total_intensity = 0.0
+        self.subpixel = False
+        self.epoch = 0
+        self.loss_history: list[float] = []
+        self.time_history: list[float] = []
+        self._t0: float | None = None
+
+    def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
+        """Append frames (n, M, M) (zero frequency centred) at scan positions (n, 2) pixels."""
+        if intensities.ndim != 3 or intensities.shape[1:] != (self.size, self.size):
+            raise DataError(f"frames: expected shape (n, {self.size}, {self.size}), got {intensities.shape}")
+        if positions.shape != (intensities.shape[0], 2):
+            raise DataError(f"positions: expected shape ({intensities.shape[0]}, 2), got {positions.shape}")
+        n_new = intensities.shape[0]
+        amp = np.sqrt(np.fft.ifftshift(np.asarray(intensities, dtype=np.float32), axes=(-2, -1)))
+        amp_t = torch.from_numpy(amp).to(self.device)
+        need = self.n_frames + n_new
+        if need > self.amplitudes.shape[0]:
+            grown = torch.empty((max(need, 2 * self.amplitudes.shape[0]), self.size, self.size), device=self.device)
+            grown[: self.n_frames] = self.amplitudes[: self.n_frames]
+            self.amplitudes = grown
+        self.amplitudes[self.n_frames : need] = amp_t
+        self.n_frames = need
+        weight = amp_t.square() if self.mask is None else amp_t.square() * self.mask
+        self.total_intensity += float(weight.sum())
+        self.state.append_positions(np.asarray(positions, dtype=np.float64))
+        self.positions_changed()
+
+    def adopt_frames(self, other: Engine) -> None:
+        """Take over the frames of the previous engine on the same state (the next schedule stage)."""
+        if other.state is not self.state:
+            raise ValueError("adopt_frames: engines must share one ReconState")
+        self.amplitudes, self.n_frames, self.total_intensity = other.amplitudes, other.n_frames, other.total_intensity
+        self.positions_changed()
+
+    def positions_changed(self) -> None:
+        """Recompute what depends on the positions (call after refining them)."""
+        _, frac = physics.split_positions(self.state.positions)
+        self.subpixel = bool((frac.abs() > 1e-6).any())
+
+    def split(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Integer corners and (when the scan is sub-pixel) fractions of the frames ``index``."""
+        corner, frac = physics.split_positions(self.state.positions[index])
+        return corner, frac if self.subpixel else None
+
+    def order(self) -> torch.Tensor:
+        """Frame indices in this epoch's visiting order (on the engine's device)."""
+        if self.options.order == "newest-first":
+            idx = torch.arange(self.n_frames - 1, -1, -1)
+        else:
+            idx = torch.randperm(self.n_frames, generator=self.generator)
+        return idx.to(self.device)
+
+    def batches(self) -> list[torch.Tensor]:
+        """This epoch's mini-batches of frame indices."""
+        return list(torch.split(self.order(), self.options.batch_size))
+
+    def iterate(self, n: int = 1) -> list[float]:
+        """Run ``n`` epochs over all frames received; returns their losses."""
+        if self.n_frames == 0:
+            raise DataError("no frames: add_frames() before iterate()")
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        losses = []
+        for _ in range(n):
+            update_probe = self.options.update_probe and self.epoch >= self.options.probe_update_start
+            residual = self.epoch_step(update_probe)
+            loss = float(residual) / max(self.total_intensity, 1e-30)
+            self.epoch += 1
+            self.loss_history.append(loss)
+            self.time_history.append(time.perf_counter() - self._t0)
+            losses.append(loss)
+        return losses
+
+    @abstractmethod
+    def epoch_step(self, update_probe: bool) -> torch.Tensor:
+        """One pass over all frames; returns the summed squared amplitude residual (scalar tensor)."""
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Host copy of the state and history (safe to hand to another thread)."""
+        out = self.state.to_numpy()
+        out["loss"] = np.asarray(self.loss_history)
+        out["time_s"] = np.asarray(self.time_history)
+        return out
+
+
+def orthogonalize_modes(probe: torch.Tensor) -> torch.Tensor:
+    """Orthogonal probe modes (MODE, M, M) spanning the same space, strongest first."""
+    if probe.shape[0] == 1:
+        return probe
+    flat = probe.reshape(probe.shape[0], -1)
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    return (s[:, None] * vh).reshape(probe.shape)

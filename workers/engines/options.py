@@ -1,0 +1,61 @@
+"""Engine names and their options: strict pydantic models, free of torch so the service can import them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineName(StrEnum):
+    """Every reconstruction engine; ``workers.engines.registry`` maps each to its class."""
+
+    EPIE = "epie"
+    RPIE = "rpie"
+    ADAM = "adam"
+
+
+class EngineOptions(BaseModel):
+    """Options every engine accepts."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    batch_size: int = Field(1, ge=1, description="Frames per update; 1 is the serial form of the papers.")
+    update_probe: bool = Field(True, description="Refine the probe as well as the object.")
+    probe_update_start: int = Field(0, ge=0, description="First epoch (0-based) in which the probe is refined.")
+    order: Literal["random", "newest-first"] = Field(
+        "random", description="Visiting order per epoch: a fresh permutation, or newest frames first (streaming)."
+    )
+
+
+class PIEOptions(EngineOptions):
+    """The PIE family: O += a conj(P) dpsi / ((1 - g)|P|^2 + g max|P|^2), likewise for P."""
+
+    alpha: float = Field(1.0, gt=0, le=2, description="Object step (ePIE) or object regularisation (rPIE).")
+    beta: float = Field(1.0, gt=0, le=2, description="Probe step (ePIE) or probe regularisation (rPIE).")
+
+
+class EPIEOptions(PIEOptions):
+    """ePIE (Maiden & Rodenburg 2009, eqs. 6-7): step sizes alpha (object) and beta (probe)."""
+
+
+class RPIEOptions(PIEOptions):
+    """rPIE (Maiden, Johnson & Li 2017, eq. 22): regularisation weights alpha (object), beta (probe)."""
+
+    alpha: float = Field(0.1, gt=0, le=1, description="Object weight: 1 gives ePIE, small values a larger step.")
+    beta: float = Field(1.0, gt=0, le=1, description="Probe weight: 1 gives ePIE's probe update.")
+
+
+class AdamOptions(EngineOptions):
+    """Autodiff baseline: the amplitude objective minimised with torch.optim.Adam."""
+
+    batch_size: int = Field(32, ge=1, description="Frames per Adam step.")
+    lr: float = Field(0.05, gt=0, description="Object learning rate; the probe's is scaled by its peak amplitude.")
+
+
+OPTIONS: dict[EngineName, type[EngineOptions]] = {
+    EngineName.EPIE: EPIEOptions,
+    EngineName.RPIE: RPIEOptions,
+    EngineName.ADAM: AdamOptions,
+}

@@ -1,0 +1,36 @@
+"""The one map from engine names to engine classes, and the factory that builds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from workers.data import Geometry, ReconState
+from workers.engines.adam import Adam
+from workers.engines.base import Engine
+from workers.engines.options import OPTIONS, EngineName, EngineOptions
+from workers.engines.pie import EPIE, RPIE
+
+ENGINES: dict[EngineName, type[Engine]] = {
+    EngineName.EPIE: EPIE,
+    EngineName.RPIE: RPIE,
+    EngineName.ADAM: Adam,
+}
+
+
+def make_engine(
+    name: str | EngineName,
+    state: ReconState,
+    geometry: Geometry,
+    options: EngineOptions | Mapping[str, Any] | None = None,
+    *,
+    mask: np.ndarray | None = None,
+    seed: int = 0,
+) -> Engine:
+    """Build engine ``name`` on ``state``; ``options`` as a model or a dict validated strictly."""
+    key = EngineName(name)
+    if not isinstance(options, EngineOptions):
+        options = OPTIONS[key].model_validate(dict(options or {}))
+    return ENGINES[key](state, geometry, options, mask=mask, seed=seed)

@@ -1,0 +1,243 @@
+"""File formats: CXI scans (read/write), tike-style npz scans (read), result HDF5 (write/read).
+
+Units: CXI stores metres and joules; ``ScanData`` holds pixels. CXI translations are *sample*
+translations in the lab frame, so the probe moves by their negative. The detector's
+``basis_vectors`` (3, 2) give the lab direction of the frame's row and column axes (as cdtools
+reads them; its default [[0, -p], [-p, 0], [0, 0]] where the file has none), so
+(row, col) = pinv(U) (-t) / (dy, dx) with U the unit basis and the sample-plane pixel
+dx = lambda z / (M p) in the far field, p / magnification in the near field.
+"""
+
+from __future__ import annotations
+
+import bz2
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from workers.data import PLANCK_C, Geometry, ScanData
+from workers.errors import DataError
+
+DATA_PATHS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
+TRANSLATION_PATHS = ("entry_1/sample_1/geometry_1/translation", "entry_1/data_1/translation")
+DETECTOR = "entry_1/instrument_1/detector_1"
+SOURCE = "entry_1/instrument_1/source_1"
+PROBE_PATHS = ("entry_1/instrument_1/source_1/probe", "entry_1/probe_1/data")
+BACKGROUND_NAMES = ("dark", "data_dark", "background")
+EXTRA = "entry_1/ptychostream"
+DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
+
+
+def load_scan(path: str | Path, *, near_field: bool | None = None, focus_distance: float | None = None) -> ScanData:
+    """Read a scan from CXI (``.cxi``/``.h5``) or a tike-style ``.npz`` / ``.npz.bz2``.
+
+    ``near_field`` overrides the propagation recorded in the file (CXI files of other tools
+    do not record it; far field is assumed). ``focus_distance`` (m, focus to sample) turns on
+    the Fresnel-scaling (cone-beam) geometry of a near-field setup.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith((".npz", ".npz.bz2")):
+        return read_tike_npz(path)
+    return read_cxi(path, near_field=near_field, focus_distance=focus_distance)
+
+
+def _first(f: h5py.File, paths: tuple[str, ...], what: str, src: Path) -> h5py.Dataset:
+    for p in paths:
+        if f.get(p) is not None:
+            return f[p]
+    raise DataError(f"{src}: {what}: missing (looked for {', '.join(paths)})")
+
+
+def _scalar(f: h5py.File, path: str, src: Path) -> float:
+    if path not in f:
+        raise DataError(f"{src}: {path}: missing")
+    value = float(np.asarray(f[path][()]).reshape(-1)[0])
+    if not np.isfinite(value) or value <= 0:
+        raise DataError(f"{src}: {path}: must be a positive number, got {value}")
+    return value
+
+
+def _square(frames: np.ndarray, src: Path) -> np.ndarray:
+    """Centre-crop frames (N, Y, X) to the largest square."""
+    if frames.ndim != 3:
+        raise DataError(f"{src}: data: expected a stack of frames (N, Y, X), got shape {frames.shape}")
+    n, y, x = frames.shape
+    m = min(y, x)
+    oy, ox = (y - m) // 2, (x - m) // 2
+    return frames[:, oy : oy + m, ox : ox + m]
+
+
+def read_cxi(path: Path, *, near_field: bool | None = None, focus_distance: float | None = None) -> ScanData:
+    """Read a CXI file as written by other ptychography tools (see the module docstring for units)."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5/CXI file ({exc})") from None
+    try:
+        with f:
+            return _read_cxi_open(f, path, near_field, focus_distance)
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: malformed CXI file ({exc})") from None
+
+
+def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_distance: float | None) -> ScanData:
+    raw = _first(f, DATA_PATHS, "data", path)[()]
+    frames = _square(np.asarray(raw, dtype=np.float32), path)
+    for name in BACKGROUND_NAMES:
+        key = f"{DETECTOR}/{name}"
+        if key in f:
+            background = _square(np.asarray(f[key][()], dtype=np.float32).reshape((1, *raw.shape[-2:])), path)
+            frames = np.clip(frames - background, 0, None)
+            break
+    translation = np.asarray(_first(f, TRANSLATION_PATHS, "translation", path)[()], dtype=np.float64)
+    if translation.ndim != 2 or translation.shape[1] not in (2, 3):
+        raise DataError(f"{path}: translation: expected shape (N, 3), got {translation.shape}")
+    translation = np.pad(translation, ((0, 0), (0, 3 - translation.shape[1])))
+    basis = DEFAULT_BASIS
+    if f"{DETECTOR}/basis_vectors" in f:
+        basis = np.asarray(f[f"{DETECTOR}/basis_vectors"][()], dtype=np.float64)
+        norms = np.linalg.norm(basis, axis=0) if basis.shape == (3, 2) else np.zeros(1)
+        if basis.shape != (3, 2) or not (norms > 0).all():
+            raise DataError(f"{path}: basis_vectors: expected a (3, 2) matrix of non-zero columns, got {basis}")
+        basis = basis / norms
+    distance = _scalar(f, f"{DETECTOR}/distance", path)
+    px = _scalar(f, f"{DETECTOR}/x_pixel_size", path)
+    py = _scalar(f, f"{DETECTOR}/y_pixel_size", path) if f"{DETECTOR}/y_pixel_size" in f else px
+    if f"{SOURCE}/wavelength" in f:
+        wavelength = _scalar(f, f"{SOURCE}/wavelength", path)
+    else:
+        wavelength = PLANCK_C / _scalar(f, f"{SOURCE}/energy", path)
+    mask = None
+    if f"{DETECTOR}/mask" in f:
+        bad = np.asarray(f[f"{DETECTOR}/mask"][()])
+        mask = _square(bad.reshape((1, *bad.shape[-2:])), path)[0] == 0
+    probe = None
+    for p in PROBE_PATHS:
+        if p in f:
+            probe = np.asarray(f[p][()], dtype=np.complex64)
+            probe = probe.reshape((-1, *probe.shape[-2:]))
+            break
+    extra = f[EXTRA] if EXTRA in f else None
+    if near_field is None:
+        near_field = extra is not None and extra.attrs.get("propagation", "far") == "near"
+    if focus_distance is None and extra is not None and "focus_distance" in extra.attrs:
+        focus_distance = float(extra.attrs["focus_distance"])
+    truth = {k: np.asarray(v[()]) for k, v in f[f"{EXTRA}/truth"].items()} if f"{EXTRA}/truth" in f else {}
+
+    m = frames.shape[-1]
+    if near_field:
+        mag = 1.0 if not focus_distance else (focus_distance + distance) / focus_distance
+        dy, dx = py / mag, px / mag
+        geometry = Geometry("near", wavelength, distance / mag, dx)
+        if abs(dy - dx) > 1e-3 * dx:
+            raise DataError(f"{path}: x_pixel_size/y_pixel_size: near-field needs square pixels, got {px} and {py}")
+    else:
+        dx, dy = wavelength * distance / (m * px), wavelength * distance / (m * py)
+        geometry = Geometry("far", wavelength, distance, dx)
+    centres = (-translation @ np.linalg.pinv(basis).T) / np.array([dy, dx])
+    if translation.shape[0] != frames.shape[0]:
+        raise DataError(f"{path}: translation: {translation.shape[0]} positions for {frames.shape[0]} frames")
+    return ScanData(frames, centres - m / 2, geometry, mask, probe, str(path), truth)
+
+
+def read_tike_npz(path: Path) -> ScanData:
+    """Read a scan in tike's npz layout: ``data`` FFT-shifted intensities, ``scan`` pixel corners, ``probe``."""
+    try:
+        with bz2.open(path) if path.name.lower().endswith(".bz2") else open(path, "rb") as fh:
+            z = dict(np.load(fh, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable npz file ({exc})") from None
+    for key in ("data", "scan"):
+        if key not in z:
+            raise DataError(f"{path}: {key}: missing (tike npz needs data, scan and optionally probe)")
+    data = np.asarray(z["data"], dtype=np.float32)
+    data = data.reshape((-1, *data.shape[-2:]))
+    scan = np.asarray(z["scan"], dtype=np.float64).reshape(-1, 2)
+    probe = np.asarray(z["probe"], dtype=np.complex64) if "probe" in z else None
+    if probe is not None:
+        probe = probe.reshape((-1, *probe.shape[-2:]))
+    frames = np.fft.fftshift(data, axes=(-2, -1))
+    return ScanData(frames, scan, Geometry("far"), None, probe, str(path))
+
+
+def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write ``data`` as CXI (metres, joules); ``truth`` arrays go under ``entry_1/ptychostream/truth``."""
+    g = data.geometry
+    if g.wavelength <= 0 or g.distance <= 0 or g.pixel_size <= 0:
+        raise DataError(f"{path}: geometry: writing CXI needs wavelength, distance and pixel size, got {g}")
+    m = data.frame_size
+    if g.kind == "far":
+        detector_pixel = g.wavelength * g.distance / (m * g.pixel_size)
+    else:
+        detector_pixel = g.pixel_size
+    centres = (data.positions + m / 2) * g.pixel_size
+    translation = -centres @ DEFAULT_BASIS.T
+    with h5py.File(path, "w") as f:
+        f["cxi_version"] = 160
+        f["number_of_entries"] = 1
+        det = f.create_group(DETECTOR)
+        frames = data.intensities.astype(np.float32)
+        det.create_dataset("data", data=frames, chunks=(1, m, m), compression="gzip", compression_opts=1)
+        det["distance"] = g.distance
+        det["x_pixel_size"] = detector_pixel
+        det["y_pixel_size"] = detector_pixel
+        det["basis_vectors"] = DEFAULT_BASIS * detector_pixel
+        if data.mask is not None:
+            det["mask"] = (~data.mask).astype(np.uint32)
+        src = f.create_group(SOURCE)
+        src["energy"] = PLANCK_C / g.wavelength
+        src["wavelength"] = g.wavelength
+        if data.probe is not None:
+            src["probe"] = data.probe
+        f.create_group("entry_1/sample_1/geometry_1")["translation"] = translation
+        f["entry_1/data_1/data"] = h5py.SoftLink(f"/{DETECTOR}/data")
+        f["entry_1/data_1/translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
+        extra = f.create_group(EXTRA)
+        extra.attrs["propagation"] = g.kind
+        for key, value in (truth or {}).items():
+            extra.create_dataset(f"truth/{key}", data=value)
+
+
+def write_result(
+    path: str | Path,
+    state: Mapping[str, np.ndarray],
+    *,
+    loss: np.ndarray,
+    time_s: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes."""
+    with h5py.File(path, "w") as f:
+        f["object"] = state["object"].astype(np.complex64)
+        f["probe"] = state["probe"].astype(np.complex64)
+        f["positions"] = state["positions"].astype(np.float64)
+        f["origin"] = np.asarray(state["origin"], dtype=np.float64)
+        f["history/loss"] = np.asarray(loss, dtype=np.float64)
+        f["history/time_s"] = np.asarray(time_s, dtype=np.float64)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """Read a result HDF5 back: arrays by name, ``loss``/``time_s`` histories and ``attrs``."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable result file ({exc})") from None
+    with f:
+        for key in ("object", "probe", "positions"):
+            if key not in f:
+                raise DataError(f"{path}: {key}: missing; not a PtychoStream result file")
+        out: dict[str, Any] = {k: f[k][()] for k in ("object", "probe", "positions")}
+        out["origin"] = f["origin"][()] if "origin" in f else np.zeros(2)
+        out["loss"] = f["history/loss"][()] if "history/loss" in f else np.zeros(0)
+        out["time_s"] = f["history/time_s"][()] if "history/time_s" in f else np.zeros(0)
+        out["attrs"] = dict(f.attrs)
+    return out

@@ -1,0 +1,182 @@
+"""Quality metrics: data residuals of a state against measured frames, and errors against a known truth.
+
+Data metrics (no truth needed), over all valid pixels of all frames:
+* ``amplitude_residual``: sum || |Psi| - sqrt(I) ||^2 / sum I (the history loss of every engine);
+* ``gaussian_nll``: mean (|Psi| - sqrt(I))^2, the amplitude (variance-stabilised) Gaussian NLL;
+* ``poisson_nll``: mean (I_m - I + I log(I / I_m)), the Poisson NLL minus its saturated value (>= 0).
+
+Truth metrics compare a reconstructed object with the true one on the illuminated region,
+after registration (integer and sub-pixel shift, Guizar-Sicairos et al., Opt. Lett. 33
+(2008) 156) and removal of the global complex scale (phase and amplitude):
+cRMS, FRC, aPSNR and aSSIM on amplitudes, and the position error after removing the mean shift.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers import physics
+from workers.data import ScanData
+
+SUBPIXEL_PAD = 2
+
+
+def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, batch: int = 64):
+    """Yield (model intensities, measured intensities) per batch, both with DC at [0, 0]."""
+    prop = data.geometry.propagator(data.frame_size, "cpu")
+    o = torch.from_numpy(np.asarray(obj, dtype=np.complex64))
+    p = torch.from_numpy(np.asarray(probe, dtype=np.complex64))
+    for start in range(0, data.n_frames, batch):
+        pos = torch.from_numpy(np.asarray(positions[start : start + batch], dtype=np.float64))
+        corner, frac = physics.split_positions(pos)
+        patches = physics.patches(o, corner, frac, data.frame_size, SUBPIXEL_PAD)
+        model = physics.intensity(prop.forward(physics.exit_waves(p, patches))).numpy()
+        measured = np.fft.ifftshift(data.intensities[start : start + batch], axes=(-2, -1))
+        yield model, measured
+
+
+def data_metrics(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray) -> dict[str, float]:
+    """Amplitude residual and Gaussian / Poisson NLL of the state (object-array positions) on ``data``."""
+    mask = np.ones((data.frame_size,) * 2, bool) if data.mask is None else np.fft.ifftshift(data.mask)
+    sq = pois = total = 0.0
+    count = 0
+    for model, measured in model_intensities(data, obj, probe, positions):
+        m, i = model[:, mask].astype(np.float64), measured[:, mask].astype(np.float64)
+        sq += float(((np.sqrt(m) - np.sqrt(i)) ** 2).sum())
+        m = np.maximum(m, 1e-12)
+        pois += float((m - i + np.where(i > 0, i * np.log(np.maximum(i, 1e-12) / m), 0.0)).sum())
+        total += float(i.sum())
+        count += i.size
+    return {"amplitude_residual": sq / total, "gaussian_nll": sq / count, "poisson_nll": pois / count}
+
+
+def illuminated_region(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int], level: float = 0.1):
+    """Boolean (H, W): where the summed probe intensity exceeds ``level`` x its maximum."""
+    power = torch.from_numpy((np.abs(probe) ** 2).reshape(-1, *probe.shape[-2:]).sum(0).astype(np.float32))
+    corner = torch.from_numpy(np.round(positions).astype(np.int64))
+    illum = physics.extract_adjoint(power.expand(len(positions), -1, -1), corner, shape).numpy()
+    return illum > level * illum.max()
+
+
+def _upsampled_dft(data: np.ndarray, size: int, factor: int, offset: tuple[float, float]) -> np.ndarray:
+    """The inverse DFT of ``data`` sampled on a size x size grid of spacing 1/factor around ``offset``."""
+    rows, cols = data.shape
+    kr = np.fft.ifftshift(np.arange(rows)) - rows // 2
+    kc = np.fft.ifftshift(np.arange(cols)) - cols // 2
+    r = (np.arange(size) - offset[0])[:, None]
+    c = (np.arange(size) - offset[1])[:, None]
+    er = np.exp(2j * np.pi * r * kr[None, :] / (rows * factor))
+    ec = np.exp(2j * np.pi * c * kc[None, :] / (cols * factor))
+    return er @ data @ ec.T
+
+
+def register(reference: np.ndarray, moving: np.ndarray, factor: int = 20) -> np.ndarray:
+    """Shift (row, col) that best aligns ``moving`` onto ``reference``, to 1/``factor`` pixel."""
+    spec = np.fft.fft2(reference) * np.fft.fft2(moving).conj()
+    cc = np.abs(np.fft.ifft2(spec))
+    peak = np.array(np.unravel_index(np.argmax(cc), cc.shape), dtype=float)
+    shape = np.array(cc.shape)
+    peak = np.where(peak > shape // 2, peak - shape, peak)
+    size = int(math.ceil(factor * 1.5))
+    centre = size // 2
+    up = np.abs(_upsampled_dft(spec.conj(), size, factor, tuple(centre - peak * factor)))
+    fine = np.array(np.unravel_index(np.argmax(up), up.shape), dtype=float) - centre
+    return peak + fine / factor
+
+
+def shift_image(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Periodic Fourier shift of ``image`` by ``shift`` (row, col) pixels."""
+    t = torch.from_numpy(image.astype(np.complex128))[None]
+    return physics.fourier_shift(t, torch.from_numpy(np.asarray(shift, dtype=np.float64)[None])).numpy()[0]
+
+
+def frc(a: np.ndarray, b: np.ndarray, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation of two equal-size images: (spatial frequency in 1/px, FRC)."""
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
+    radius = np.sqrt(fy**2 + fx**2)
+    n_bins = n_bins or min(a.shape) // 2
+    edges = np.linspace(0, 0.5, n_bins + 1)
+    which = np.digitize(radius, edges) - 1
+    ok = (which >= 0) & (which < n_bins)
+    num = np.bincount(which[ok], (fa * fb.conj())[ok].real, n_bins)
+    da = np.bincount(which[ok], (np.abs(fa) ** 2)[ok], n_bins)
+    db = np.bincount(which[ok], (np.abs(fb) ** 2)[ok], n_bins)
+    return 0.5 * (edges[1:] + edges[:-1]), num / np.sqrt(da * db + 1e-30)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al. 2004) of two real images, Gaussian window ``sigma``."""
+    data_range = float(max(np.ptp(a), np.ptp(b), 1e-12))
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
+    kernel = np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return np.fft.ifft2(np.fft.fft2(x) * kernel).real
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def _bounding_box(region: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.nonzero(region)
+    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+
+
+def truth_metrics(
+    obj: np.ndarray,
+    origin: np.ndarray,
+    truth: dict[str, np.ndarray],
+    positions: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Compare a reconstructed object (H, W) (object coords = scan coords + ``origin``) with the truth.
+
+    The truth's object array is the scan's frame of reference. Returns cRMS, FRC (curve and
+    the frequency where it first drops below 0.5), aPSNR (dB) and aSSIM on the illuminated
+    region, the registration shift, and the RMS position error when ``positions`` are given.
+    """
+    true_obj = truth["object"]
+    region = illuminated_region(truth["probe"], truth["positions"], true_obj.shape)
+    rows, cols = _bounding_box(region)
+    aligned = np.ones_like(true_obj)
+    o = np.round(origin).astype(int)
+    src_r = slice(max(o[0], 0), min(o[0] + true_obj.shape[0], obj.shape[0]))
+    src_c = slice(max(o[1], 0), min(o[1] + true_obj.shape[1], obj.shape[1]))
+    aligned[src_r.start - o[0] : src_r.stop - o[0], src_c.start - o[1] : src_c.stop - o[1]] = obj[src_r, src_c]
+    ref, mov = true_obj[rows, cols], aligned[rows, cols]
+    win = region[rows, cols]
+    shift = register(ref * win, mov * win)
+    mov = shift_image(mov, shift)
+    inner = win.copy()
+    edge = int(np.ceil(np.abs(shift).max())) + 2
+    inner[:edge], inner[-edge:], inner[:, :edge], inner[:, -edge:] = False, False, False, False
+    r, t = mov[inner], ref[inner]
+    scale = (r.conj() * t).sum() / (np.abs(r) ** 2).sum()
+    crms = float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
+    fixed = scale * mov
+    freq, curve = frc(np.where(inner, fixed, 0), np.where(inner, ref, 0))
+    below = np.nonzero(curve < 0.5)[0]
+    amp_r, amp_t = np.abs(fixed) * inner, np.abs(ref) * inner
+    mse = float(((amp_r - amp_t)[inner] ** 2).mean())
+    peak = float(amp_t[inner].max())
+    out: dict[str, Any] = {
+        "crms": crms,
+        "apsnr_db": 10 * math.log10(peak**2 / max(mse, 1e-30)),
+        "assim": ssim(np.where(inner, amp_r, amp_t.mean()), np.where(inner, amp_t, amp_t.mean())),
+        "frc_cutoff": float(freq[below[0]]) if below.size else 0.5,
+        "frc": {"freq": freq.tolist(), "value": curve.tolist()},
+        "registration_shift": shift.tolist(),
+    }
+    if positions is not None and "positions" in truth:
+        err = positions - origin - truth["positions"]
+        err -= err.mean(0)
+        out["position_error_rms"] = float(np.sqrt((err**2).sum(1).mean()))
+    return out

@@ -1,0 +1,148 @@
+"""Synthetic scans with known truth: objects, probes, scan patterns, noise.
+
+Far-field defaults: 12.4 keV (lambda = 1e-10 m), detector 2 m away, 75 um pixels; near field:
+a parallel beam, 0.5 um sample-plane pixels, 5 cm propagation. The simulated scan's frame of
+reference is the truth object's array, so ``truth["positions"]`` index ``truth["object"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+
+from workers import physics
+from workers.data import Geometry, ScanData
+
+WAVELENGTH = 1e-10
+FAR_DISTANCE, DETECTOR_PIXEL = 2.0, 75e-6
+NEAR_DISTANCE, NEAR_PIXEL = 0.05, 5e-7
+
+ScanKind = Literal["raster", "fermat", "random"]
+ProbeKind = Literal["focused", "structured", "near"]
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Gaussian-filtered white noise with correlation length ``scale`` pixels, normalised to [0, 1]."""
+    noise = np.fft.fft2(rng.standard_normal(shape))
+    fy, fx = np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :]
+    field = np.fft.ifft2(noise * np.exp(-2 * (math.pi * scale) ** 2 * (fy**2 + fx**2))).real
+    return (field - field.min()) / (np.ptp(field) + 1e-12)
+
+
+def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Complex test object (H, W): sharp discs and bars plus smooth texture in amplitude and phase.
+
+    Amplitude in [0.5, 1], phase in [-1, 1] rad; amplitude and phase are independent.
+    """
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    sharp_a, sharp_p = np.zeros(shape), np.zeros(shape)
+    for target in (sharp_a, sharp_p):
+        for _ in range(max(8, h * w // 600)):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4.0, min(h, w) / 10))
+            if rng.uniform() < 0.5:
+                shape_mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            else:
+                shape_mask = (abs(yy - cy) < r) & (abs(xx - cx) < r / 3)
+            target[shape_mask] = rng.uniform(0, 1)
+    amplitude = 0.5 + 0.5 * (0.6 * sharp_a + 0.4 * _smooth(rng, shape, 6.0))
+    phase = 2.0 * (0.6 * sharp_p + 0.4 * _smooth(rng, shape, 10.0)) - 1.0
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: Geometry) -> np.ndarray:
+    """Probe (M, M) complex64 with unit total power.
+
+    focused: a defocused disc pupil (the beam of a zone plate a little off focus);
+    structured: the same pupil through a random phase mask; near: a wide beam with a smooth
+    random phase (a diffuser), for near-field ptychography.
+    """
+    f = np.fft.fftfreq(size)
+    r2 = f[:, None] ** 2 + f[None, :] ** 2
+    if kind == "near":
+        yy, xx = (np.mgrid[:size, :size] - size / 2 + 0.5) / size
+        envelope = np.exp(-(((yy**2 + xx**2) / (2 * 0.22**2)) ** 2))
+        probe = envelope * np.exp(1j * 4 * math.pi * _smooth(rng, (size, size), size / 16))
+    else:
+        pupil = (r2 < 0.12**2).astype(np.complex128) * np.exp(1j * 2 * math.pi * 0.6 * size * r2)
+        if kind == "structured":
+            pupil *= np.exp(1j * 2 * math.pi * rng.uniform(size=(size, size)))
+        probe = np.fft.fftshift(np.fft.ifft2(pupil))
+    probe /= np.sqrt((np.abs(probe) ** 2).sum())
+    return probe.astype(np.complex64)
+
+
+def probe_diameter(probe: np.ndarray) -> float:
+    """Beam diameter (pixels): 2 sqrt(2) x the RMS radius of |P|^2 (the full width of a uniform disc)."""
+    p = (np.abs(probe) ** 2).sum(0) if probe.ndim == 3 else np.abs(probe) ** 2
+    yy, xx = np.mgrid[: p.shape[0], : p.shape[1]]
+    w = p / p.sum()
+    cy, cx = (w * yy).sum(), (w * xx).sum()
+    rms = math.sqrt((w * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum())
+    return 2 * math.sqrt(2) * rms
+
+
+def make_scan(n: int, step: float, kind: ScanKind, rng: np.random.Generator) -> np.ndarray:
+    """Centre positions (N, 2) around 0 with nearest-neighbour spacing about ``step`` pixels."""
+    if kind == "raster":
+        side = math.ceil(math.sqrt(n))
+        grid = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)[:n]
+        pos = grid * step
+    elif kind == "fermat":
+        k = np.arange(n)
+        radius, theta = step / 1.9 * np.sqrt(k), k * math.radians(137.508)
+        pos = np.stack([radius * np.sin(theta), radius * np.cos(theta)], 1)
+    else:
+        pos = rng.uniform(0, step * math.sqrt(n), size=(n, 2))
+    return pos - pos.mean(0)
+
+
+def far_field_geometry(size: int) -> Geometry:
+    """Far-field geometry with the module's defaults, for frames of ``size`` pixels."""
+    return Geometry("far", WAVELENGTH, FAR_DISTANCE, WAVELENGTH * FAR_DISTANCE / (size * DETECTOR_PIXEL))
+
+
+def simulate(
+    *,
+    probe_size: int = 128,
+    n_positions: int = 400,
+    overlap: float = 0.7,
+    photons: float = 1e6,
+    near_field: bool = False,
+    probe_kind: ProbeKind | None = None,
+    scan: ScanKind = "fermat",
+    position_error: float = 0.0,
+    seed: int = 0,
+) -> ScanData:
+    """Simulate a scan: Poisson noise at ``photons`` per frame (``inf`` for none).
+
+    ``overlap`` is 1 - step / beam diameter; ``position_error`` (pixels, RMS per axis) perturbs
+    the recorded positions, while the truth keeps the exact ones. Returns data whose
+    ``truth`` holds ``object``, ``probe`` (1, M, M) and exact ``positions`` (N, 2).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    rng = np.random.default_rng(seed)
+    m = probe_size
+    geometry = Geometry("near", WAVELENGTH, NEAR_DISTANCE, NEAR_PIXEL) if near_field else far_field_geometry(m)
+    probe = make_probe(m, probe_kind or ("near" if near_field else "focused"), rng, geometry)
+    probe *= math.sqrt(photons if math.isfinite(photons) else 1e6)
+    step = (1 - overlap) * probe_diameter(probe)
+    centres = make_scan(n_positions, step, scan, rng)
+    margin = 4
+    corners = centres - centres.min(0) + margin
+    size = np.ceil(corners.max(0) + m + margin).astype(int)
+    obj = make_object((int(size[0]), int(size[1])), rng)
+
+    prop = geometry.propagator(m, "cpu")
+    corner, frac = physics.split_positions(torch.from_numpy(corners))
+    patches = physics.patches(torch.from_numpy(obj), corner, frac, m, pad=2)
+    far = prop.forward(physics.exit_waves(torch.from_numpy(probe)[None], patches))
+    clean = np.fft.fftshift(physics.intensity(far).numpy().astype(np.float64), axes=(-2, -1))
+    frames = rng.poisson(clean).astype(np.float32) if math.isfinite(photons) else clean.astype(np.float32)
+    recorded = corners + rng.normal(0, position_error, corners.shape) if position_error else corners
+    truth = {"object": obj, "probe": probe[None], "positions": corners}
+    return ScanData(frames, recorded, geometry, None, None, "<simulation>", truth)
