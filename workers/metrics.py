@@ -83,7 +83,7 @@ def register(reference: np.ndarray, moving: np.ndarray, factor: int = 20) -> np.
     peak = np.where(peak > shape // 2, peak - shape, peak)
     size = int(math.ceil(factor * 1.5))
     centre = size // 2
-    up = np.abs(_upsampled_dft(spec.conj(), size, factor, tuple(centre - peak * factor)))
+    up = np.abs(_upsampled_dft(spec, size, factor, tuple(centre - peak * factor)))
     fine = np.array(np.unravel_index(np.argmax(up), up.shape), dtype=float) - centre
     return peak + fine / factor
 
@@ -153,7 +153,7 @@ def truth_metrics(
     aligned[src_r.start - o[0] : src_r.stop - o[0], src_c.start - o[1] : src_c.stop - o[1]] = obj[src_r, src_c]
     ref, mov = true_obj[rows, cols], aligned[rows, cols]
     win = region[rows, cols]
-    shift = register(ref * win, mov * win)
+    shift = register((ref - ref[win].mean()) * win, (mov - mov[win].mean()) * win)
     mov = shift_image(mov, shift)
     inner = win.copy()
     edge = int(np.ceil(np.abs(shift).max())) + 2

@@ -64,19 +64,21 @@ def frequencies(size: int, device: torch.device | str) -> Tensor:
     return torch.fft.fftfreq(size, device=device, dtype=torch.float32)
 
 
-def shift_ramp(shift: Tensor, size: int) -> Tensor:
-    """Fourier multiplier (BATCH, size, size) that moves content by ``shift`` (BATCH, 2) pixels.
+def shift_ramp(shift: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Fourier multiplier (BATCH, rows, cols) that moves content by ``shift`` (BATCH, 2) pixels.
 
-    ``ifft2(fft2(u) * shift_ramp(d))`` samples u at x - d (periodically).
+    ``size`` is the (rows, cols) of the field, or one int for a square. ``ifft2(fft2(u) *
+    shift_ramp(d))`` samples u at x - d (periodically).
     """
-    xi = frequencies(size, shift.device)
-    phase = shift[:, 0, None, None] * xi[None, :, None] + shift[:, 1, None, None] * xi[None, None, :]
+    rows, cols = (size, size) if isinstance(size, int) else size
+    xi_r, xi_c = frequencies(rows, shift.device), frequencies(cols, shift.device)
+    phase = shift[:, 0, None, None] * xi_r[None, :, None] + shift[:, 1, None, None] * xi_c[None, None, :]
     return torch.polar(torch.ones_like(phase), -2 * math.pi * phase)
 
 
 def fourier_shift(u: Tensor, shift: Tensor) -> Tensor:
-    """Shift fields ``u`` (BATCH, ..., s, s) by ``shift`` (BATCH, 2) pixels; adjoint: shift by -shift."""
-    ramp = shift_ramp(shift, u.shape[-1])
+    """Shift fields ``u`` (BATCH, ..., rows, cols) by ``shift`` (BATCH, 2) pixels; adjoint: shift by -shift."""
+    ramp = shift_ramp(shift, (u.shape[-2], u.shape[-1]))
     while ramp.ndim < u.ndim:
         ramp = ramp.unsqueeze(1)
     return torch.fft.ifft2(torch.fft.fft2(u) * ramp)
@@ -187,3 +189,53 @@ def amplitude_projection_factor(amp: Tensor, measured: Tensor, mask: Tensor | No
     if mask is not None:
         factor = factor * mask
     return factor
+
+
+def _shifted_spectra(obj: Tensor, corner: Tensor, frac: Tensor, size: int, pad: int) -> tuple[Tensor, Tensor]:
+    """exp(+2 pi i xi . frac) F(E_n O): spectra (BATCH, s, s) of the padded patches (s = M + 2 pad), and xi (s,)."""
+    big = extract(obj, corner - pad, size + 2 * pad)
+    return torch.fft.fft2(big) * shift_ramp(-frac, big.shape[-1]), frequencies(big.shape[-1], obj.device)
+
+
+def _directional(xi: Tensor, delta: Tensor) -> Tensor:
+    """2 pi i (xi . delta): the derivative of the patch ramp along ``delta`` (BATCH, 2) -> (BATCH, s, s)."""
+    dot = delta[:, 0, None, None] * xi[None, :, None] + delta[:, 1, None, None] * xi[None, None, :]
+    return torch.complex(torch.zeros_like(dot), 2 * math.pi * dot)
+
+
+def patches_shift_derivative(
+    obj: Tensor, corner: Tensor, frac: Tensor, size: int, pad: int, delta: Tensor, delta2: Tensor | None = None
+) -> Tensor:
+    """Shift derivatives (BATCH, M, M) of ``patches`` in the sub-pixel position (BH.md, seed 002 App. I).
+
+    T(O; delta)          = d/dt S_{r + t delta} O = C F^-1[ 2 pi i (xi . delta) exp(2 pi i xi . frac) F(E_n O) ];
+    T2(O; delta, delta2) = C F^-1[ (2 pi i)^2 (xi . delta)(xi . delta2) exp(2 pi i xi . frac) F(E_n O) ].
+    The sign is + because ``patches`` samples O at x + r. ``delta``, ``delta2``: (BATCH, 2) pixels.
+    """
+    spec, xi = _shifted_spectra(obj, corner, frac, size, pad)
+    spec = spec * _directional(xi, delta)
+    if delta2 is not None:
+        spec = spec * _directional(xi, delta2)
+    return torch.fft.ifft2(spec)[..., pad : pad + size, pad : pad + size]
+
+
+def patches_shift_gradient(
+    obj: Tensor, corner: Tensor, frac: Tensor, size: int, pad: int, delta: Tensor | None = None
+) -> Tensor:
+    """Shift derivatives along both axes (BATCH, 2, M, M): T(O; e_j), or with ``delta`` T2(O; delta, e_j)."""
+    spec, xi = _shifted_spectra(obj, corner, frac, size, pad)
+    if delta is not None:
+        spec = spec * _directional(xi, delta)
+    eye = torch.eye(2, dtype=frac.dtype, device=frac.device)
+    spec = torch.stack([spec * _directional(xi, eye[j].expand_as(frac)) for j in range(2)], 1)
+    return torch.fft.ifft2(spec)[..., pad : pad + size, pad : pad + size]
+
+
+def patches_shift_derivative_adjoint(
+    values: Tensor, corner: Tensor, frac: Tensor, shape: tuple[int, int], pad: int, delta: Tensor
+) -> Tensor:
+    """T(.; delta)*: E_n* F^-1[ -2 pi i (xi . delta) exp(-2 pi i xi . frac) F(C* values) ] -> object (H, W)."""
+    big = torch.nn.functional.pad(values, (pad, pad, pad, pad))
+    xi = frequencies(big.shape[-1], values.device)
+    spec = torch.fft.fft2(big) * (shift_ramp(-frac, big.shape[-1]) * _directional(xi, delta)).conj()
+    return extract_adjoint(torch.fft.ifft2(spec), corner - pad, shape)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from workers import physics
-from workers.data import Geometry, ScanData
+from workers.data import Geometry, ScanData, beam_diameter
 
 WAVELENGTH = 1e-10
 FAR_DISTANCE, DETECTOR_PIXEL = 2.0, 75e-6
@@ -57,32 +57,24 @@ def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: G
     """Probe (M, M) complex64 with unit total power.
 
     focused: a defocused disc pupil (the beam of a zone plate a little off focus);
-    structured: the same pupil through a random phase mask; near: a wide beam with a smooth
-    random phase (a diffuser), for near-field ptychography.
+    structured: a soft-edged disc (diameter ~0.34 M) with a random phase of ~1.5 px correlation
+    (a phase mask near the sample); near: a wide beam with a smooth random phase (a
+    diffuser), for near-field ptychography.
     """
     f = np.fft.fftfreq(size)
     r2 = f[:, None] ** 2 + f[None, :] ** 2
+    yy, xx = (np.mgrid[:size, :size] - size / 2 + 0.5) / size
     if kind == "near":
-        yy, xx = (np.mgrid[:size, :size] - size / 2 + 0.5) / size
         envelope = np.exp(-(((yy**2 + xx**2) / (2 * 0.22**2)) ** 2))
         probe = envelope * np.exp(1j * 4 * math.pi * _smooth(rng, (size, size), size / 16))
+    elif kind == "structured":
+        envelope = 1 / (1 + np.exp((np.sqrt(yy**2 + xx**2) - 0.17) * size))
+        probe = envelope * np.exp(2j * math.pi * _smooth(rng, (size, size), 1.5))
     else:
         pupil = (r2 < 0.12**2).astype(np.complex128) * np.exp(1j * 2 * math.pi * 0.6 * size * r2)
-        if kind == "structured":
-            pupil *= np.exp(1j * 2 * math.pi * rng.uniform(size=(size, size)))
         probe = np.fft.fftshift(np.fft.ifft2(pupil))
     probe /= np.sqrt((np.abs(probe) ** 2).sum())
     return probe.astype(np.complex64)
-
-
-def probe_diameter(probe: np.ndarray) -> float:
-    """Beam diameter (pixels): 2 sqrt(2) x the RMS radius of |P|^2 (the full width of a uniform disc)."""
-    p = (np.abs(probe) ** 2).sum(0) if probe.ndim == 3 else np.abs(probe) ** 2
-    yy, xx = np.mgrid[: p.shape[0], : p.shape[1]]
-    w = p / p.sum()
-    cy, cx = (w * yy).sum(), (w * xx).sum()
-    rms = math.sqrt((w * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum())
-    return 2 * math.sqrt(2) * rms
 
 
 def make_scan(n: int, step: float, kind: ScanKind, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +122,7 @@ def simulate(
     geometry = Geometry("near", WAVELENGTH, NEAR_DISTANCE, NEAR_PIXEL) if near_field else far_field_geometry(m)
     probe = make_probe(m, probe_kind or ("near" if near_field else "focused"), rng, geometry)
     probe *= math.sqrt(photons if math.isfinite(photons) else 1e6)
-    step = (1 - overlap) * probe_diameter(probe)
+    step = (1 - overlap) * beam_diameter(probe)
     centres = make_scan(n_positions, step, scan, rng)
     margin = 4
     corners = centres - centres.min(0) + margin

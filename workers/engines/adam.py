@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from workers import physics
@@ -21,16 +22,37 @@ class Adam(Engine):
     options_model = AdamOptions
     options: AdamOptions
     _opt: torch.optim.Adam | None = None
+    _opt_origin: np.ndarray
 
     def _optimizer(self) -> torch.optim.Adam:
+        """The optimiser over the current object and probe; when the object has grown, its Adam
+        moments are carried over into the grown array (new pixels start with zero moments)."""
         state = self.state
-        if self._opt is None or self._opt.param_groups[0]["params"][0] is not state.object:
-            lr = self.options.lr
-            probe_lr = lr * float(state.probe.abs().max())
-            self._opt = torch.optim.Adam(
-                [{"params": [state.object], "lr": lr}, {"params": [state.probe], "lr": probe_lr}]
-            )
+        old = self._opt
+        if old is not None and old.param_groups[0]["params"][0] is state.object:
+            return old
+        lr = self.options.lr
+        probe_lr = lr * float(state.probe.abs().max())
+        self._opt = torch.optim.Adam([{"params": [state.object], "lr": lr}, {"params": [state.probe], "lr": probe_lr}])
+        if old is not None:
+            self._carry_moments(old)
+        self._opt_origin = state.origin.copy()
         return self._opt
+
+    def _carry_moments(self, old: torch.optim.Adam) -> None:
+        (old_obj,), (old_probe,) = (g["params"] for g in old.param_groups)
+        new_obj, new_probe = self.state.object, self.state.probe
+        r, c = (self.state.origin - self._opt_origin).astype(int)
+        h, w = old_obj.shape
+        moments = old.state.get(old_obj, {})
+        if moments:
+            grown = {"step": moments["step"]}
+            for key in ("exp_avg", "exp_avg_sq"):
+                grown[key] = torch.zeros_like(new_obj, dtype=moments[key].dtype)
+                grown[key][r : r + h, c : c + w] = moments[key]
+            self._opt.state[new_obj] = grown
+        if old_probe in old.state:
+            self._opt.state[new_probe] = old.state[old_probe]
 
     def epoch_step(self, update_probe: bool) -> torch.Tensor:
         state = self.state
