@@ -7,12 +7,15 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from workers.engines.options import EngineName
 from workers.errors import DataError, DeviceError
+
+PROTOCOLS = ["native", "dectris-v1", "dectris-v2"]
 
 
 class UsageError(Exception):
@@ -68,12 +71,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     from workers.io import load_scan
     from workers.runtime import Progress, Stage, run_schedule
 
+    if (args.input is None) == (args.listen is None):
+        raise UsageError("give exactly one of IN.cxi and --listen tcp://HOST:PORT")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     options = _option_pairs(args.option)
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if args.listen is not None:
+        return _reconstruct_stream(args, device, options)
     stage = Stage.parse(args.engine, args.iterations, options)
     data = load_scan(args.input, near_field=args.near_field or None, focus_distance=args.focus_distance)
     bar = tqdm(total=args.iterations, desc=args.engine, unit="it", disable=args.quiet, file=sys.stderr)
@@ -94,6 +101,103 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "final_loss": float(result.loss[-1]) if len(result.loss) else math.nan,
         "wall_s": float(result.time_s[-1]) if len(result.time_s) else 0.0,
+    }
+
+
+def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from workers.runtime import Progress, Stage, StreamHooks, run_stream
+    from workers.stream.receiver import Receiver
+
+    stage = Stage.parse(args.engine, args.iterations_after_scan, options)
+    bar = tqdm(desc=f"{args.engine} (live)", unit="it", disable=args.quiet, file=sys.stderr)
+
+    def report(p: Progress) -> None:
+        bar.set_postfix(loss=f"{p.loss:.4g}", frames=p.frames_used, live=p.streaming, refresh=False)
+        bar.update(1)
+
+    receiver = Receiver(args.listen, positions=args.positions_listen, idle_timeout_s=args.idle_timeout).start()
+    try:
+        hooks = StreamHooks(on_progress=report)
+        result = run_stream(receiver, [stage], device=device, n_modes=args.modes, seed=args.seed, hooks=hooks)
+    finally:
+        receiver.close()
+        bar.close()
+    result.write(args.out)
+    return {
+        "file": args.out,
+        "engine": args.engine,
+        "iterations": int(result.attrs["iterations"]),
+        "device": str(device),
+        "frames_received": int(result.attrs["frames_received"]),
+        "frames_rejected": int(result.attrs["frames_rejected"]),
+        "frames_missing": int(result.attrs["frames_missing"]),
+        "final_loss": float(result.loss[-1]) if len(result.loss) else math.nan,
+    }
+
+
+def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.stream.protocol import Protocol
+    from workers.stream.receiver import Receiver
+
+    protocol = Protocol(args.protocol) if args.protocol else None
+    receiver = Receiver(
+        args.endpoint, positions=args.positions, protocol=protocol, idle_timeout_s=args.idle_timeout
+    ).start()
+    try:
+        while not receiver.done.is_set():
+            receiver.buffer.wait(0.1)
+            receiver.buffer.drain()
+    finally:
+        receiver.close()
+    return receiver.counters.as_dict()
+
+
+def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.io import load_scan
+    from workers.stream.detector import Faults, replay
+    from workers.stream.protocol import Protocol
+
+    data = load_scan(args.input)
+    faults = Faults(args.drop, args.duplicate, args.reorder, args.corrupt, args.fault_seed)
+    report = replay(
+        data,
+        args.to,
+        kind=Protocol(args.protocol),
+        compression=None if args.compression == "none" else args.compression,
+        rate_hz=args.rate,
+        positions_endpoint=args.positions_to,
+        position_lag=args.position_lag,
+        faults=faults,
+        scan_id=args.scan_id,
+    )
+    return {"file": args.input, "to": args.to, "protocol": args.protocol, **report.as_dict()}
+
+
+def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
+    import signal
+    import threading
+
+    from workers.job import JobSpec
+    from workers.runtime import Progress, run_job
+
+    text = sys.stdin.read() if args.job in (None, "-") else Path(args.job).read_text(encoding="utf-8")
+    job = JobSpec.model_validate_json(text)
+    cancel = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
+
+    def report(p: Progress) -> None:
+        if not args.quiet:
+            line = {"iteration": p.iteration, "loss": p.loss, "frames_used": p.frames_used, "live": p.streaming}
+            print(json.dumps(line), file=sys.stderr)
+
+    result = run_job(job, on_progress=report, cancel=cancel)
+    return {
+        "file": job.output,
+        "iterations": int(result.attrs["iterations"]),
+        "stopped": bool(result.attrs["stopped"]),
+        "final_loss": float(result.loss[-1]) if len(result.loss) else math.nan,
     }
 
 
@@ -137,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("reconstruct", help="reconstruct a scan file into a result HDF5")
-    p.add_argument("input", metavar="IN.cxi", help="CXI/HDF5 scan, or a tike-style .npz[.bz2]")
+    p = sub.add_parser("reconstruct", help="reconstruct a scan file (or a live stream) into a result HDF5")
+    p.add_argument("input", nargs="?", metavar="IN.cxi", help="CXI/HDF5 scan, or a tike-style .npz[.bz2]")
+    p.add_argument("--listen", metavar="tcp://HOST:PORT", help="reconstruct a live scan arriving on this endpoint")
+    p.add_argument("--positions-listen", metavar="tcp://HOST:PORT", help="separate position stream (with --listen)")
+    p.add_argument("--iterations-after-scan", type=int, default=100, help="epochs after the scan ends (--listen)")
+    p.add_argument("--idle-timeout", type=float, default=60.0, help="s without data that end a live scan")
     p.add_argument("-o", "--out", required=True, metavar="OUT.h5")
     p.add_argument("--engine", required=True, choices=[e.value for e in EngineName])
     p.add_argument("--iterations", type=int, default=100, help="epochs (default 100)")
@@ -159,6 +267,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, metavar="IN.cxi", help="the scan (simulated files carry the truth)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("listen", help="receive one scan from a stream; print frame accounting and rates")
+    p.add_argument("endpoint", metavar="tcp://HOST:PORT")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="accept only this format (default: any)")
+    p.add_argument("--positions", metavar="tcp://HOST:PORT", help="separate position stream")
+    p.add_argument("--idle-timeout", type=float, help="s without data that end the scan (default: wait)")
+    p.add_argument("--json", action="store_true", help="print the accounting as one JSON line")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("replay", help="virtual detector: stream a scan file over ZeroMQ")
+    p.add_argument("input", metavar="IN.cxi")
+    p.add_argument("--to", required=True, metavar="tcp://HOST:PORT", help="the receiver's endpoint")
+    p.add_argument("--rate", type=float, help="frames per second (default: as fast as possible)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native")
+    p.add_argument("--compression", choices=["none", "lz4", "bslz4"], default="none", help="DECTRIS formats only")
+    p.add_argument("--positions-to", metavar="tcp://HOST:PORT", help="send positions on a separate stream")
+    p.add_argument("--position-lag", type=int, default=0, help="frames by which positions trail (<0: lead)")
+    p.add_argument("--scan-id", default="1", help="scan (series) id; digits for the DECTRIS formats")
+    for fault in ("drop", "duplicate", "reorder", "corrupt"):
+        p.add_argument(f"--{fault}", type=float, default=0.0, metavar="FRACTION", help=f"fault injection: {fault}")
+    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("worker", help="run one job (JSON file or stdin): a file or stream input and a schedule")
+    p.add_argument("job", nargs="?", metavar="JOB.json", help="the job; '-' or absent: read it from stdin")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -31,6 +31,23 @@ EXTRA = "entry_1/ptychostream"
 DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
 
 
+def corners_from_translations(
+    translation: np.ndarray, pixel: tuple[float, float], size: int, basis: np.ndarray = DEFAULT_BASIS
+) -> np.ndarray:
+    """Sample translations (N, 3) m -> probe-window corners (N, 2) (row, col) in sample-plane pixels.
+
+    ``pixel`` is the sample-plane (dy, dx) in metres, ``basis`` the unit lab directions (3, 2) of the
+    frame's row and column axes.
+    """
+    centres = (-np.asarray(translation, dtype=np.float64) @ np.linalg.pinv(basis).T) / np.asarray(pixel)
+    return centres - size / 2
+
+
+def translations_from_corners(corners: np.ndarray, pixel: float, size: int) -> np.ndarray:
+    """Probe-window corners (N, 2) pixels -> sample translations (N, 3) m along ``DEFAULT_BASIS``."""
+    return -((np.asarray(corners, dtype=np.float64) + size / 2) * pixel) @ DEFAULT_BASIS.T
+
+
 def load_scan(path: str | Path, *, near_field: bool | None = None, focus_distance: float | None = None) -> ScanData:
     """Read a scan from CXI (``.cxi``/``.h5``) or a tike-style ``.npz`` / ``.npz.bz2``.
 
@@ -140,10 +157,10 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
     else:
         dx, dy = wavelength * distance / (m * px), wavelength * distance / (m * py)
         geometry = Geometry("far", wavelength, distance, dx)
-    centres = (-translation @ np.linalg.pinv(basis).T) / np.array([dy, dx])
+    corners = corners_from_translations(translation, (dy, dx), m, basis)
     if translation.shape[0] != frames.shape[0]:
         raise DataError(f"{path}: translation: {translation.shape[0]} positions for {frames.shape[0]} frames")
-    return ScanData(frames, centres - m / 2, geometry, mask, probe, str(path), truth)
+    return ScanData(frames, corners, geometry, mask, probe, str(path), truth)
 
 
 def read_tike_npz(path: Path) -> ScanData:
@@ -176,8 +193,7 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
         detector_pixel = g.wavelength * g.distance / (m * g.pixel_size)
     else:
         detector_pixel = g.pixel_size
-    centres = (data.positions + m / 2) * g.pixel_size
-    translation = -centres @ DEFAULT_BASIS.T
+    translation = translations_from_corners(data.positions, g.pixel_size, m)
     with h5py.File(path, "w") as f:
         f["cxi_version"] = 160
         f["number_of_entries"] = 1

@@ -1,0 +1,139 @@
+"""Streaming benchmark (run by hand): ingest rate per protocol, preview and result latency.
+
+    .venv/bin/python tests/benchmarks/bench_stream.py [--frames 10000] [--positions 100] [--probe 64]
+
+Ingest: a sender process pushes pre-encoded 128x128 uint16 frames (Poisson counts) over
+loopback TCP as fast as it can; the receiver (this process) decodes, accounts, preprocesses
+and buffers them, a consumer thread drains the buffer. Rates are over first-to-last frame;
+zero loss means every frame received, none rejected, missing or duplicated.
+Latency: a simulated scan replayed at 200 Hz into ``run_stream`` (ePIE); times from the
+detector's last frame to the first preview of the complete scan, and to the first epoch whose
+object is within 10% cRMS of the offline 100-epoch result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import threading
+
+import numpy as np
+import torch
+import zmq
+
+from workers.metrics import truth_metrics
+from workers.previews import Preview, PreviewPublisher
+from workers.runtime import Stage, StreamHooks, run_schedule, run_stream
+from workers.simulate import simulate
+from workers.stream import codecs
+from workers.stream import protocol as p
+from workers.stream.detector import replay
+from workers.stream.receiver import Receiver
+
+CASES = [("native", None), ("dectris-v1", None), ("dectris-v1", "bslz4"), ("dectris-v2", None)]
+CASES += [("dectris-v2", "bslz4"), ("dectris-v2", "lz4")]
+
+
+def encode(kind: str, compression: str | None, n: int) -> list[list[bytes]]:
+    codecs.serial_openmp()
+    rng = np.random.default_rng(0)
+    pool = rng.poisson(rng.uniform(0.5, 20, (16, 128, 128))).astype(np.uint16)
+    start = p.ScanStart("1", (128, 128), "uint16", 8000.0, 2.0, 75e-6, "far", n)
+    position = np.zeros(3)
+    msgs: list[list[bytes]] = []
+    if kind == "native":
+        msgs.append(p.encode_native_start(start))
+        msgs += [p.encode_native_frame("1", i, pool[i % 16], position) for i in range(n)]
+        msgs.append(p.encode_native_end("1", n))
+    elif kind == "dectris-v1":
+        msgs.append(p.encode_v1_start(start))
+        for i in range(n):
+            msgs += [p.encode_v1_frame("1", i, pool[i % 16], compression), p.encode_position("1", i, position)]
+        msgs.append(p.encode_v1_end("1"))
+    else:
+        msgs.append(p.encode_v2_start(start))
+        msgs += [p.encode_v2_frame("1", i, pool[i % 16], position, compression) for i in range(n)]
+        msgs.append(p.encode_v2_end("1"))
+    return [[bytes(memoryview(x).cast("B")) for x in m] for m in msgs]
+
+
+def sender(endpoint: str, kind: str, compression: str | None, n: int) -> None:
+    msgs = encode(kind, compression, n)
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 10000)
+    sock.connect(endpoint)
+    for m in msgs:
+        sock.send_multipart(m, copy=False)
+    sock.close()
+    context.term()
+
+
+def ingest(kind: str, compression: str | None, n: int) -> dict[str, float]:
+    receiver = Receiver("tcp://127.0.0.1:*", capacity=8192).start()
+    proc = mp.get_context("spawn").Process(target=sender, args=(receiver.endpoint, kind, compression, n))
+    proc.start()
+    drained = 0
+    while not (receiver.done.is_set() and len(receiver.buffer) == 0):
+        receiver.buffer.wait(0.05)
+        drained += len(receiver.buffer.drain()[0])
+    proc.join()
+    c = receiver.counters.as_dict()
+    receiver.close()
+    lossless = c["received"] == drained == n and not c["frames_rejected"] and not c["missing"] and not c["duplicates"]
+    return {"frames_per_s": c["frames_per_s"], "mb_per_s": c["bytes_per_s"] / 1e6, "lossless": lossless}
+
+
+def latency(positions: int, probe: int) -> dict[str, float]:
+    data = simulate(probe_size=probe, n_positions=positions, overlap=0.7, photons=1e6, seed=1)
+    offline = run_schedule(data, [Stage.parse("epie", 100)], device=torch.device("cpu"))
+    target = truth_metrics(offline.state["object"], offline.state["origin"], data.truth)["crms"]
+    previews: list[Preview] = []
+    publisher = PreviewPublisher(previews.append, interval_s=0.0, size=100000)
+    receiver = Receiver("tcp://127.0.0.1:*", idle_timeout_s=30).start()
+    report: list = []
+    thread = threading.Thread(target=lambda: report.append(replay(data, receiver.endpoint, rate_hz=200)))
+    thread.start()
+    live = run_stream(
+        receiver, [Stage.parse("epie", 100)], device=torch.device("cpu"), hooks=StreamHooks(previews=publisher)
+    )
+    publisher.close()
+    thread.join()
+    receiver.close()
+    last = report[0].last_frame_s
+    complete = [q for q in previews if q.frames_used == data.n_frames]
+    first_preview = complete[0].taken_s - last
+    origin = live.state["origin"]
+    to_result = float("nan")
+    for q in complete:
+        obj = q.amplitude * np.exp(1j * q.phase)
+        if truth_metrics(obj, origin, data.truth)["crms"] <= 1.1 * target:
+            to_result = q.taken_s - last
+            break
+    final = truth_metrics(live.state["object"], origin, data.truth)["crms"]
+    return {"preview_s": first_preview, "result_s": to_result, "offline_crms": target, "stream_crms": final}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=10000)
+    parser.add_argument("--positions", type=int, default=100)
+    parser.add_argument("--probe", type=int, default=64)
+    args = parser.parse_args()
+    print(f"ingest: {args.frames} frames of 128x128 uint16 over loopback TCP")
+    print(f"{'protocol':<12} {'compression':<12} {'frames/s':>10} {'MB/s (wire)':>12} {'zero loss':>10}")
+    for kind, compression in CASES:
+        r = ingest(kind, compression, args.frames)
+        rates = f"{r['frames_per_s']:>10.0f} {r['mb_per_s']:>12.1f}"
+        print(f"{kind:<12} {compression or 'none':<12} {rates} {r['lossless']!s:>10}")
+    r = latency(args.positions, args.probe)
+    threads = torch.get_num_threads()
+    setup = f"{args.positions} positions, {args.probe} px frames at 200 Hz, ePIE, CPU ({threads} threads)"
+    print(f"\nlatency: {setup}")
+    print(f"last frame -> first complete preview: {r['preview_s']:.3f} s")
+    print(f"last frame -> within 10% cRMS of offline 100 epochs: {r['result_s']:.2f} s")
+    print(f"cRMS offline (100 epochs) {r['offline_crms']:.4f}; streamed (live + 100 epochs) {r['stream_crms']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The pure decoder: recorded messages of every format, round trips, specific errors, garbage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cbor2
+import numpy as np
+import pytest
+
+from workers.stream import codecs
+from workers.stream import protocol as p
+
+DATA = Path(__file__).parents[2] / "data" / "stream"
+FRAME = np.arange(48, dtype=np.uint16).reshape(6, 8)
+POSITION = np.array([1.5e-6, -2.5e-6, 0.0])
+
+
+def recorded(name: str) -> list[bytes]:
+    with np.load(DATA / f"{name}.npz") as z:
+        return [z[f"part_{k}"].tobytes() for k in range(len(z.files))]
+
+
+@pytest.mark.parametrize("fmt", ["native", "dectris_v1", "dectris_v2"])
+def test_recorded_scan_messages_decode(fmt: str) -> None:
+    start = p.decode(recorded(f"{fmt}_start"))
+    assert isinstance(start, p.ScanStart)
+    assert (start.scan_id, start.shape, start.dtype, start.expected_frames) == ("7", (6, 8), "uint16", 3)
+    assert (start.energy_ev, start.distance_m, start.pixel_size_m) == (8000.0, 2.0, 75e-6)
+    assert start.protocol == p.Protocol(fmt.replace("_", "-"))
+    end = p.decode(recorded(f"{fmt}_end"))
+    assert isinstance(end, p.ScanEnd) and end.scan_id == "7"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["native_frame", "dectris_v1_frame", "dectris_v1_frame_bslz4", "dectris_v1_frame_lz4"]
+    + ["dectris_v2_frame", "dectris_v2_frame_bslz4", "dectris_v2_frame_lz4"],
+)
+def test_recorded_frames_decode_to_the_frame(name: str) -> None:
+    frame = p.decode(recorded(name))
+    assert isinstance(frame, p.Frame)
+    assert (frame.scan_id, frame.index) == ("7", 1)
+    np.testing.assert_array_equal(frame.data, FRAME)
+    if name.startswith("dectris_v1"):
+        assert frame.position_m is None  # v1 frames carry no position: the position stream does
+    else:
+        np.testing.assert_array_equal(frame.position_m, POSITION)
+
+
+def test_recorded_position() -> None:
+    pos = p.decode(recorded("native_position"))
+    assert isinstance(pos, p.Position) and pos.index == 1
+    np.testing.assert_array_equal(pos.position_m, POSITION)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32"])
+@pytest.mark.parametrize("compression", [None, "lz4", "bslz4"])
+def test_round_trip_every_format(dtype: str, compression: str | None) -> None:
+    frame = np.random.default_rng(0).integers(0, 200, (64, 48)).astype(dtype)
+    for parts in (
+        p.encode_native_frame("3", 9, frame, POSITION),
+        p.encode_v1_frame("3", 9, frame, compression),
+        p.encode_v2_frame("3", 9, frame, POSITION, compression),
+    ):
+        out = p.decode([bytes(memoryview(x).cast("B")) for x in parts])
+        assert isinstance(out, p.Frame) and out.index == 9 and out.data.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(out.data, frame)
+
+
+def test_native_start_carries_the_probe_guess() -> None:
+    probe = (np.arange(2 * 4 * 4) * (1 + 1j)).astype(np.complex64).reshape(2, 4, 4)
+    start = p.ScanStart("1", (4, 4), "float32", 9000.0, 1.0, 5e-5, "near", None, probe)
+    out = p.decode(p.encode_native_start(start))
+    assert isinstance(out, p.ScanStart) and out.propagation == "near"
+    np.testing.assert_array_equal(out.probe, probe)
+
+
+def native(**fields: object) -> list[bytes]:
+    head = {"protocol": "ptychostream", "version": 1, "type": "end", "scan_id": "1", **fields}
+    return [json.dumps(head).encode()]
+
+
+def test_specific_errors() -> None:
+    with pytest.raises(p.UnknownVersion):
+        p.decode(native(version=2))
+    with pytest.raises(p.UnknownType):
+        p.decode(native(type="calibration"))
+    with pytest.raises(p.UnknownType):
+        p.decode([json.dumps({"htype": "dpixelmask-1.0", "series": 1}).encode()])
+    with pytest.raises(p.UnknownEncoding):
+        p.decode([b"\x00\x01binary"])
+    parts = recorded("dectris_v1_frame")
+    desc = json.loads(parts[1])
+    desc["encoding"] = "bs16-zstd<"
+    with pytest.raises(p.UnknownEncoding):
+        p.decode([parts[0], json.dumps(desc).encode(), parts[2]])
+    with pytest.raises(p.UnknownType):
+        p.decode([p.CBOR_MAGIC + cbor2.dumps({"type": "calibration", "series_id": 1})])
+    with pytest.raises(p.MalformedMessage):
+        p.decode(native(scan_id=None))
+    with pytest.raises(p.MalformedMessage):
+        p.decode([b"{not json"])
+
+
+def test_corrupt_payload_names_the_frame() -> None:
+    head, body = recorded("native_frame")
+    with pytest.raises(p.CorruptFrame) as err:
+        p.decode([head, body[:-2] + b"\xff\xff"])
+    assert (err.value.index, err.value.reason) == (1, "checksum")
+    message = bytearray(recorded("dectris_v2_frame_bslz4")[0])
+    blob = codecs.compress_bslz4(FRAME)
+    at = message.find(blob) + 12  # past the HDF5-framing header: the first block's size
+    message[at : at + 4] = b"\xff\xff\xff\x00"
+    with pytest.raises(p.CorruptFrame) as err:
+        p.decode([bytes(message)])
+    assert (err.value.index, err.value.reason) == (1, "decompression")
+
+
+def test_garbage_raises_only_protocol_errors() -> None:
+    """Random bytes, mutated recorded messages and shuffled parts: decode raises ProtocolError or decodes."""
+    rng = np.random.default_rng(1)
+    seeds = [recorded(n) for n in ("native_start", "native_frame", "dectris_v1_frame_bslz4", "dectris_v2_frame_lz4")]
+    seeds += [recorded("dectris_v1_start"), recorded("dectris_v2_start")]
+    for trial in range(3000):
+        base = [bytearray(x) for x in seeds[trial % len(seeds)]]
+        kind = trial % 4
+        if kind == 0:
+            parts = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 5)))]
+        elif kind == 1:
+            for part in base:
+                for at in rng.integers(0, max(len(part), 1), size=3):
+                    if len(part):
+                        part[at] = int(rng.integers(0, 256))
+            parts = [bytes(x) for x in base]
+        elif kind == 2:
+            parts = [bytes(x[: int(rng.integers(0, len(x) + 1))]) for x in base]
+        else:
+            parts = [bytes(base[int(k)]) for k in rng.integers(0, len(base), size=int(rng.integers(1, 5)))]
+        try:
+            p.decode(parts)
+        except p.ProtocolError:
+            pass

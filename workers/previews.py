@@ -1,0 +1,90 @@
+"""Live previews: small amplitude, phase and probe images, throttled, PNG-encoded off the engine thread."""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from workers.data import ReconState
+
+
+@dataclass
+class Preview:
+    """One preview: ``amplitude``/``phase`` of the object and ``probe`` amplitude, at most ``size`` px, float32."""
+
+    iteration: int
+    frames_used: int
+    loss: float
+    taken_s: float
+    amplitude: np.ndarray
+    phase: np.ndarray
+    probe: np.ndarray
+    png: dict[str, bytes] = field(default_factory=dict)
+
+
+def _small(image: torch.Tensor, size: int) -> torch.Tensor:
+    step = max(1, -(-max(image.shape[-2:]) // size))
+    return image[..., ::step, ::step]
+
+
+def png(image: np.ndarray) -> bytes:
+    """8-bit greyscale PNG of ``image`` (H, W) scaled to its 1st-99th percentile."""
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
+    out = io.BytesIO()
+    Image.fromarray((scaled * 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class PreviewPublisher:
+    """``offer`` after each epoch: at most one preview per ``interval_s`` (or when forced).
+
+    The engine thread only takes a strided host copy; a background thread encodes the PNGs
+    and calls ``on_preview``. ``close`` publishes what is queued and joins the thread.
+    """
+
+    def __init__(self, on_preview: Callable[[Preview], None], interval_s: float = 0.5, size: int = 128) -> None:
+        self.on_preview, self.interval_s, self.size = on_preview, interval_s, size
+        self._last = -float("inf")
+        self._queue: queue.Queue[Preview | None] = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._encode, name="previews", daemon=True)
+        self._thread.start()
+
+    def offer(self, state: ReconState, iteration: int, frames_used: int, loss: float, *, force: bool = False) -> bool:
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        obj = _small(state.object, self.size)
+        probe = _small(state.probe[0].abs(), self.size)
+        preview = Preview(
+            iteration,
+            frames_used,
+            loss,
+            time.time(),
+            obj.abs().cpu().numpy().astype(np.float32),
+            obj.angle().cpu().numpy().astype(np.float32),
+            probe.cpu().numpy().astype(np.float32),
+        )
+        try:
+            self._queue.put_nowait(preview)
+        except queue.Full:
+            return False
+        return True
+
+    def _encode(self) -> None:
+        while (preview := self._queue.get()) is not None:
+            preview.png = {k: png(getattr(preview, k)) for k in ("amplitude", "phase", "probe")}
+            self.on_preview(preview)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()

@@ -1,0 +1,206 @@
+"""A virtual detector: replays a scan (file or simulation) over ZeroMQ, with seeded fault injection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from workers.data import PLANCK_C, ScanData
+from workers.io import translations_from_corners
+from workers.stream import protocol
+from workers.stream.geometry import ELECTRONVOLT
+from workers.stream.protocol import Part, Protocol, ScanStart
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fractions of frames to drop, send twice, swap with the next one, or corrupt; seeded."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class ReplayReport:
+    """What the detector did: frames and bytes sent, the faults it injected (frame indices), timing."""
+
+    frames: int = 0
+    messages: int = 0
+    bytes: int = 0
+    dropped: list[int] = field(default_factory=list)
+    duplicated: list[int] = field(default_factory=list)
+    reordered: list[int] = field(default_factory=list)
+    corrupted: list[int] = field(default_factory=list)
+    started_s: float = 0.0
+    last_frame_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        span = self.last_frame_s - self.started_s
+        return {
+            "frames_sent": self.frames,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "dropped": len(self.dropped),
+            "duplicated": len(self.duplicated),
+            "reordered": len(self.reordered),
+            "corrupted": len(self.corrupted),
+            "frames_per_s": self.frames / span if span > 0 else 0.0,
+        }
+
+
+def scan_start(data: ScanData, scan_id: str, dtype: str) -> ScanStart:
+    """The start message of ``data``: the detector pixel that gives its sample-plane pixel."""
+    g, m = data.geometry, data.frame_size
+    if g.wavelength <= 0 or g.distance <= 0 or g.pixel_size <= 0:
+        raise ValueError(f"{data.source}: replay needs wavelength, distance and pixel size, got {g}")
+    detector_pixel = g.wavelength * g.distance / (m * g.pixel_size) if g.kind == "far" else g.pixel_size
+    return ScanStart(
+        scan_id,
+        (m, m),
+        dtype,
+        PLANCK_C / g.wavelength / ELECTRONVOLT,
+        g.distance,
+        detector_pixel,
+        g.kind,
+        data.n_frames,
+        data.probe,
+    )
+
+
+def wire_dtype(data: ScanData) -> str:
+    """uint16 where every intensity is a count that fits, else float32."""
+    i = data.intensities
+    return "uint16" if float(i.max()) <= 65535 and np.array_equal(i, np.round(i)) else "float32"
+
+
+class Encoder:
+    """Turns a scan into messages of one protocol (``compression`` for the DECTRIS formats)."""
+
+    def __init__(self, kind: Protocol, compression: str | None = None) -> None:
+        self.kind, self.compression = kind, compression
+
+    def start(self, start: ScanStart) -> list[Part]:
+        if self.kind == Protocol.NATIVE:
+            return protocol.encode_native_start(start)
+        if self.kind == Protocol.DECTRIS_V1:
+            return protocol.encode_v1_start(start)
+        return protocol.encode_v2_start(start)
+
+    def frame(self, scan_id: str, index: int, frame: np.ndarray, position_m: np.ndarray | None) -> list[Part]:
+        if self.kind == Protocol.NATIVE:
+            return protocol.encode_native_frame(scan_id, index, frame, position_m)
+        if self.kind == Protocol.DECTRIS_V1:
+            return protocol.encode_v1_frame(scan_id, index, frame, self.compression)
+        return protocol.encode_v2_frame(scan_id, index, frame, position_m, self.compression)
+
+    def end(self, scan_id: str, frames_sent: int) -> list[Part]:
+        if self.kind == Protocol.NATIVE:
+            return protocol.encode_native_end(scan_id, frames_sent)
+        if self.kind == Protocol.DECTRIS_V1:
+            return protocol.encode_v1_end(scan_id)
+        return protocol.encode_v2_end(scan_id)
+
+
+def corrupt(parts: list[Part], rng: np.random.Generator) -> list[Part]:
+    """Flip bytes in the payload (the largest part) after its checksum was computed."""
+    k = max(range(len(parts)), key=lambda j: len(memoryview(parts[j]).cast("B")))
+    payload = bytearray(memoryview(parts[k]).cast("B"))
+    where = rng.integers(len(payload) // 2, len(payload), size=4)
+    for w in where:
+        payload[w] ^= 0xFF
+    return [*parts[:k], bytes(payload), *parts[k + 1 :]]
+
+
+def replay(
+    data: ScanData,
+    endpoint: str,
+    *,
+    kind: Protocol = Protocol.NATIVE,
+    compression: str | None = None,
+    rate_hz: float | None = None,
+    positions_endpoint: str | None = None,
+    position_lag: int = 0,
+    faults: Faults = Faults(),
+    scan_id: str = "1",
+    stop: threading.Event | None = None,
+    linger_ms: int = 5000,
+) -> ReplayReport:
+    """Send ``data`` as one scan to ``endpoint`` (PUSH, connecting) at ``rate_hz`` frames/s (None: as fast as possible).
+
+    Positions travel in the frame headers (native, v2), else as position messages: on
+    ``positions_endpoint`` when given (sent ``position_lag`` frames late; negative: early),
+    otherwise on the frame socket. ``linger_ms`` bounds how long closing waits to flush.
+    """
+    dtype = wire_dtype(data)
+    frames = np.clip(data.intensities, 0, None).astype(dtype)
+    translations = translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size)
+    separate = positions_endpoint is not None or kind == Protocol.DECTRIS_V1
+    enc = Encoder(kind, compression)
+    rng = np.random.default_rng(faults.seed)
+    report = ReplayReport()
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.connect(endpoint)
+    psock = sock
+    if positions_endpoint is not None:
+        psock = context.socket(zmq.PUSH)
+        psock.setsockopt(zmq.LINGER, linger_ms)
+        psock.connect(positions_endpoint)
+
+    def send(s: zmq.Socket, parts: list[Part]) -> None:
+        s.send_multipart(parts, copy=False)
+        report.messages += 1
+        report.bytes += sum(len(memoryview(p).cast("B")) for p in parts)
+
+    order = list(range(data.n_frames))
+    for i in range(data.n_frames - 1):
+        if rng.uniform() < faults.reorder and order[i] == i:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            report.reordered.append(i)
+    events = [(float(step), "frame", i) for step, i in enumerate(order)]
+    if separate:
+        events += [(j + position_lag + 0.5, "position", j) for j in range(data.n_frames)]
+    events.sort()
+    try:
+        send(sock, enc.start(scan_start(data, scan_id, dtype)))
+        report.started_s = time.time()
+        t0 = time.perf_counter()
+        for key, what, i in events:
+            if stop is not None and stop.is_set():
+                break
+            if what == "position":
+                send(psock, protocol.encode_position(scan_id, i, translations[i]))
+                continue
+            if rate_hz:
+                delay = t0 + key / rate_hz - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            parts = enc.frame(scan_id, i, frames[i], None if separate else translations[i])
+            roll = rng.uniform(size=3)
+            if roll[0] < faults.drop:
+                report.dropped.append(i)
+                continue
+            if roll[1] < faults.corrupt:
+                parts = corrupt(parts, rng)
+                report.corrupted.append(i)
+            send(sock, parts)
+            report.frames += 1
+            if roll[2] < faults.duplicate:
+                send(sock, parts)
+                report.duplicated.append(i)
+            report.last_frame_s = time.time()
+        send(sock, enc.end(scan_id, data.n_frames))
+    finally:
+        sock.close()
+        if psock is not sock:
+            psock.close()
+        context.term()
+    return report
