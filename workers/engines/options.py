@@ -14,6 +14,9 @@ class EngineName(StrEnum):
     EPIE = "epie"
     RPIE = "rpie"
     ADAM = "adam"
+    BH_GD = "bh-gd"
+    BH_CG = "bh-cg"
+    BH_QN = "bh-qn"
 
 
 class EngineOptions(BaseModel):
@@ -54,8 +57,55 @@ class AdamOptions(EngineOptions):
     lr: float = Field(0.05, gt=0, description="Object learning rate; the probe's is scaled by its peak amplitude.")
 
 
+class BHOptions(EngineOptions):
+    """Bilinear-Hessian engines (seed 002): Newton step lengths on the full batch, no tuning needed."""
+
+    batch_size: int = Field(
+        1, ge=1, description="Ignored: a BH iteration (one epoch) always uses every frame received so far."
+    )
+    objective: Literal["gaussian", "poisson"] = Field(
+        "gaussian", description="Gaussian amplitude objective, or the Poisson likelihood (low-count data)."
+    )
+    refine_positions: bool = Field(False, description="Refine the scan positions (sub-pixel, mean shift pinned).")
+    position_refinement_start: int = Field(
+        0, ge=0, description="First iteration (0-based) in which positions are refined, when refine_positions is set."
+    )
+    max_position_step: float = Field(
+        0.5, gt=0, description="Largest position change per iteration, pixels (a safeguard for poor early models)."
+    )
+    object_scale: float | None = Field(
+        None, gt=0, description="Object scaling c_psi (seed 002 App. II), preconditioner c_psi^2; None: automatic."
+    )
+    probe_scale: float | None = Field(
+        None, gt=0, description="Probe scaling c_q (seed 002 App. II), preconditioner c_q^2; None: automatic."
+    )
+    position_scale: float | None = Field(
+        None, gt=0, description="Position scaling c_rho (seed 002 App. II), preconditioner c_rho^2; None: automatic."
+    )
+
+
+class BHGDOptions(BHOptions):
+    """BH-GD: preconditioned gradient direction, Newton step length alpha = -<g, s> / H(s, s)."""
+
+
+class BHCGOptions(BHOptions):
+    """BH-CG: conjugate directions with Daniel's beta = H(Pg, s_prev) / H(s_prev, s_prev), Newton steps."""
+
+
+class BHQNOptions(BHOptions):
+    """BH-QN: Newton direction from inner conjugate gradients on the Hessian operator; BH-CG at first."""
+
+    inner_iterations: int = Field(4, ge=1, description="Inner CG iterations per outer iteration.")
+    cg_iterations: int = Field(
+        5, ge=0, description="Outer iterations done by BH-CG before the quasi-Newton directions start."
+    )
+
+
 OPTIONS: dict[EngineName, type[EngineOptions]] = {
     EngineName.EPIE: EPIEOptions,
     EngineName.RPIE: RPIEOptions,
     EngineName.ADAM: AdamOptions,
+    EngineName.BH_GD: BHGDOptions,
+    EngineName.BH_CG: BHCGOptions,
+    EngineName.BH_QN: BHQNOptions,
 }

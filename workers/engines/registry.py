@@ -10,6 +10,7 @@ import numpy as np
 from workers.data import Geometry, ReconState
 from workers.engines.adam import Adam
 from workers.engines.base import Engine
+from workers.engines.bh import BHCG, BHGD, BHQN
 from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.engines.pie import EPIE, RPIE
 
@@ -17,6 +18,9 @@ ENGINES: dict[EngineName, type[Engine]] = {
     EngineName.EPIE: EPIE,
     EngineName.RPIE: RPIE,
     EngineName.ADAM: Adam,
+    EngineName.BH_GD: BHGD,
+    EngineName.BH_CG: BHCG,
+    EngineName.BH_QN: BHQN,
 }
 
 
