@@ -6,9 +6,11 @@ projection, masked pixels kept), the object and probe move by
     O   <- O   + a_O S*( sum_k conj(P_k) dpsi_k ) / ((1 - g_O) |P|^2 + g_O max |P|^2)
     P_k <- P_k + a_P sum_r conj(O_r) dpsi_rk   / ((1 - g_P) |O|^2 + g_P max |O|^2)
 
-where |P|^2 = sum_k |P_k|^2 summed over the batch's positions at each object pixel, and
-|O|^2 = sum_r |O_r|^2 over the batch. One frame per batch is the serial algorithm of the
-papers; larger batches are the mini-batch form for GPUs.
+where, in the object update, |P|^2 = sum_k |P_k|^2 is summed over the batch's positions at
+each object pixel and max |P|^2 is the single probe's maximum (so a batch of non-overlapping
+frames makes each frame's serial update), and in the probe update |O|^2 = sum_r |O_r|^2 over
+the batch. One frame per batch is the serial algorithm of the papers; larger batches are the
+mini-batch form for GPUs.
 
 * ePIE (Maiden & Rodenburg 2009, eqs. 6-7): a_O = alpha, a_P = beta, g_O = g_P = 1.
 * rPIE (Maiden, Johnson & Li 2017, eq. 22 and its probe analogue): a = 1, g_O = alpha,
@@ -64,7 +66,7 @@ class PIE(Engine):
             denom_o = (1 - g_o) * probe_power + g_o * probe_power.max()
         else:
             illum = physics.extract_adjoint(probe_power.expand(index.numel(), -1, -1), corner, state.object.shape)
-            denom_o = physics.extract((1 - g_o) * illum + g_o * illum.max(), corner, self.size)
+            denom_o = physics.extract((1 - g_o) * illum, corner, self.size) + g_o * probe_power.max()
         step_o = physics.exit_waves_adjoint_object(state.probe, dpsi) * (a_o / denom_o)
 
         if update_probe:

@@ -22,7 +22,7 @@ class Rejected(ValueError):
 
 @dataclass
 class Preprocessor:
-    """Frame (Y, X) raw counts -> (M, M) float32 intensities, zero frequency centred.
+    """Frame (Y, X) raw counts -> (M, M) intensities, zero frequency centred.
 
     dark     : (Y, X) counts subtracted from every frame, or None.
     valid    : (Y, X) bool, False on bad pixels (set to 0; the engine mask excludes them).
@@ -64,9 +64,19 @@ class Preprocessor:
             valid = _bin(valid.astype(np.float32), self.binning) == self.binning**2
         return valid
 
+    @property
+    def corrects(self) -> bool:
+        """Whether any correction (dark, bad/hot pixels, zingers, binning) changes pixel values."""
+        return any(x is not None for x in (self.dark, self.valid, self.hot, self.zinger)) or self.binning > 1
+
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """The cropped frame: float32, or a copy of the raw unsigned counts when nothing corrects them
+        (``FrameBuffer.drain`` converts those a batch at a time, off the receive path)."""
         if frame.ndim != 2:
             raise Rejected("shape", f"expected a 2-D frame, got shape {frame.shape}")
+        if frame.dtype.kind == "u" and not self.corrects:
+            rows, cols = self.window(frame.shape)
+            return np.array(frame[rows, cols])
         out = frame.astype(np.float32)
         if frame.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")

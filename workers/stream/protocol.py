@@ -9,16 +9,16 @@ them to pixels.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
 import cbor2
+import crc32c
 import numpy as np
+import orjson
 
 from workers.stream import codecs
 
@@ -135,8 +135,8 @@ def decode(parts: Sequence[Part]) -> Message:
 
 def _json(part: Part) -> dict[str, Any]:
     try:
-        value = json.loads(bytes(part))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = orjson.loads(part)
+    except orjson.JSONDecodeError as exc:
         raise MalformedMessage(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise MalformedMessage(f"JSON header must be an object, got {type(value).__name__}")
@@ -191,9 +191,9 @@ def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
         if len(parts) != 2:
             raise CorruptFrame(scan_id, index, "parts", f"expected header + frame, got {len(parts)} parts")
         shape, dtype = _shape(head.get("shape"), "native frame"), _dtype(head.get("dtype"), "native frame")
-        checksum = head.get("crc32")
-        if checksum is not None and zlib.crc32(parts[1]) != checksum:
-            raise CorruptFrame(scan_id, index, "checksum", "crc32 of the frame does not match its header")
+        checksum = head.get("crc32c")
+        if checksum is not None and crc32c.crc32c(parts[1]) != checksum:
+            raise CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header")
         data = _array(parts[1], shape, dtype, scan_id, index)
         return Frame(scan_id, index, data, _position(head.get("position_m"), "native frame"), len(parts[1]))
     if kind == "position":
@@ -237,7 +237,7 @@ def _propagation(value: Any) -> Literal["far", "near"]:
 
 def _native(kind: str, scan_id: str, fields: dict[str, Any]) -> bytes:
     head = {"protocol": NATIVE, "version": NATIVE_VERSION, "type": kind, "scan_id": scan_id, **fields}
-    return json.dumps(head).encode()
+    return orjson.dumps(head)
 
 
 def encode_native_start(start: ScanStart) -> list[Part]:
@@ -263,7 +263,7 @@ def encode_native_frame(scan_id: str, index: int, data: np.ndarray, position_m: 
         "position_m": None if position_m is None else [float(v) for v in position_m],
         "dtype": data.dtype.name,
         "shape": list(data.shape),
-        "crc32": zlib.crc32(data.data),
+        "crc32c": crc32c.crc32c(data.data),
     }
     return [_native("frame", scan_id, fields), data.data]
 
@@ -359,7 +359,7 @@ def encode_v1_start(start: ScanStart) -> list[Part]:
         "ntrigger": 1,
     }
     head = {"htype": "dheader-1.0", "series": series, "header_detail": "basic"}
-    return [json.dumps(head).encode(), json.dumps(config).encode()]
+    return [orjson.dumps(head), orjson.dumps(config)]
 
 
 def encode_v1_frame(scan_id: str, index: int, data: np.ndarray, compression: str | None) -> list[Part]:
@@ -382,11 +382,11 @@ def encode_v1_frame(scan_id: str, index: int, data: np.ndarray, compression: str
         "size": len(memoryview(blob).cast("B")),
     }
     tail = {"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}
-    return [json.dumps(head).encode(), json.dumps(desc).encode(), blob, json.dumps(tail).encode()]
+    return [orjson.dumps(head), orjson.dumps(desc), blob, orjson.dumps(tail)]
 
 
 def encode_v1_end(scan_id: str) -> list[Part]:
-    return [json.dumps({"htype": "dseries_end-1.0", "series": int(scan_id)}).encode()]
+    return [orjson.dumps({"htype": "dseries_end-1.0", "series": int(scan_id)})]
 
 
 # -- DECTRIS stream v2 (CBOR) --------------------------------------------------------------------

@@ -109,7 +109,7 @@ class FrameBuffer:
             return np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32), np.zeros((0, 2))
         index, frames, positions = zip(*items, strict=True)
         assert self.to_pixels is not None
-        return np.asarray(index), np.stack(frames), self.to_pixels(np.stack(positions))
+        return np.asarray(index), np.stack(frames).astype(np.float32, copy=False), self.to_pixels(np.stack(positions))
 
 
 class Assembler:
