@@ -1,12 +1,16 @@
-"""The job a worker runs (strict pydantic, no heavy imports): an input, an engine schedule, a device, an output."""
+"""The job a worker runs (strict pydantic, no heavy imports): an input, an engine schedule, a device, an output.
+
+``JobRequest`` is what a user submits (the API, flows and workers share it); ``JobSpec`` adds
+where the worker writes. Stage options are validated strictly against the engine's options model.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.engines.options import EngineName
+from workers.engines.options import OPTIONS, EngineName
 
 
 class _Strict(BaseModel):
@@ -14,28 +18,52 @@ class _Strict(BaseModel):
 
 
 class FileInput(_Strict):
-    file: str = Field(description="A scan file (CXI/HDF5 or tike npz).")
+    file: str = Field(min_length=1, max_length=1024, description="A scan file (CXI/HDF5 or tike npz).")
 
 
 class StreamInput(_Strict):
-    stream: str = Field(description="ZeroMQ endpoint the worker listens on for frames, e.g. tcp://0.0.0.0:5555.")
-    positions: str | None = Field(None, description="Endpoint of a separate position stream, if any.")
-    idle_timeout_s: float = Field(60.0, gt=0, description="Close the scan after this long without any message.")
+    stream: str = Field(
+        pattern=r"^tcp://\S+:(\d+|\*)$",
+        max_length=256,
+        description="ZeroMQ endpoint the worker listens on for frames, e.g. tcp://0.0.0.0:5555.",
+    )
+    positions: str | None = Field(
+        default=None,
+        pattern=r"^tcp://\S+:(\d+|\*)$",
+        max_length=256,
+        description="Endpoint of a separate position stream.",
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Close the scan after this long without any message."
+    )
 
 
 class StageSpec(_Strict):
     engine: EngineName
-    iterations: int = Field(ge=0, description="Epochs; for a stream, epochs after the scan has ended.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Engine options (validated by the engine).")
+    iterations: int = Field(ge=0, le=100_000, description="Epochs; for a stream, epochs after the scan has ended.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Engine options (the engine's options model).")
+
+    @model_validator(mode="after")
+    def _options_fit_engine(self) -> StageSpec:
+        """Refuse options the engine does not know or values out of range, naming the option."""
+        OPTIONS[self.engine].model_validate(self.options)
+        return self
 
 
-class JobSpec(_Strict):
-    """A reconstruction job. ``checkpoint``: where to save (and, if it exists, resume from)."""
+class JobRequest(_Strict):
+    """What a user asks for: an input, an engine schedule (e.g. epie x50 then bh-cg x100), a device."""
 
     input: FileInput | StreamInput
-    schedule: list[StageSpec] = Field(min_length=1)
-    device: str = "auto"
+    schedule: list[StageSpec] = Field(min_length=1, max_length=32)
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$", description="auto, cpu, cuda or cuda:N."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class JobSpec(JobRequest):
+    """A reconstruction job. ``checkpoint``: where to save (and, if it exists, resume from)."""
+
     output: str
     checkpoint: str | None = None
-    preview_interval_s: float = Field(0.5, gt=0)
-    seed: int = 0
+    preview_interval_s: float = Field(default=0.5, gt=0)

@@ -1,0 +1,40 @@
+"""The embedded default's Redis: the configured one if it answers, else a local ``redis-server`` started here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from urllib.parse import urlparse
+
+import redis
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+
+
+def ensure_redis(url: str, *, start: bool, wait_s: float = 10.0) -> subprocess.Popen[bytes] | None:
+    """Return None if ``url`` answers; otherwise start redis-server on its (local) port and return the process."""
+    if reachable(url):
+        return None
+    parsed = urlparse(url)
+    if not start or parsed.hostname not in LOCAL_HOSTS:
+        raise ConnectionError(f"Redis at {url} does not answer (set PTYCHOSTREAM_REDIS_URL)")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConnectionError(f"Redis at {url} does not answer and no redis-server is installed")
+    command = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if reachable(url):
+            return process
+        time.sleep(0.1)
+    process.terminate()
+    raise ConnectionError(f"started redis-server for {url} but it did not answer within {wait_s} s")

@@ -1,0 +1,96 @@
+"""API schemas: the job-request model is shared with flows and workers (``workers.job``); these are the replies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.store import JobState
+from workers.job import JobRequest
+
+JobCreate = JobRequest
+
+
+class JobCreated(BaseModel):
+    id: str
+
+
+class Progress(BaseModel):
+    """Live progress of a job (zeros before it starts)."""
+
+    iteration: int = 0
+    total_iterations: int = 0
+    stage: int = 0
+    engine: str = ""
+    loss: float | None = None
+    elapsed_s: float = 0.0
+    frames_received: int = 0
+    frames_expected: int | None = None
+    frames_used: int = 0
+    frames_rate: float = 0.0
+    iteration_rate: float = 0.0
+    eta_s: float | None = Field(default=None, description="Seconds to the end of the schedule at the current rate.")
+    streaming: bool = False
+    preview_iteration: int | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: JobState
+    message: str
+    created: float
+    updated: float
+    worker: str | None = None
+    listening: str | None = None
+    request: dict[str, Any]
+    progress: Progress
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class CancelReply(BaseModel):
+    id: str
+    previous_state: JobState
+    detail: str
+
+
+class Logs(BaseModel):
+    id: str
+    lines: list[str]
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    device: str
+    job: str
+
+
+class Health(BaseModel):
+    status: str
+    redis: bool
+    queue_depth: int
+    workers: list[WorkerPublic]
+
+
+def job_public(raw: dict[str, str]) -> JobPublic:
+    """A stored job hash as the API shows it."""
+    stored = json.loads(raw["spec"])
+    spec = {k: stored[k] for k in JobRequest.model_fields if k in stored}
+    return JobPublic(
+        id=raw["id"],
+        state=JobState(raw["state"]),
+        message=raw.get("message", ""),
+        created=float(raw["created"]),
+        updated=float(raw["updated"]),
+        worker=raw.get("worker"),
+        listening=raw.get("listening"),
+        request=spec,
+        progress=Progress.model_validate(
+            {k: v for k, v in raw.items() if k in Progress.model_fields and v not in ("", "-1")}
+        ),
+    )

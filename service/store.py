@@ -1,0 +1,248 @@
+"""The job store in Redis: the job state machine (written once, here), the queue, leases, progress and previews.
+
+Keys (all under the configured prefix): ``job:{id}`` hash (state, spec, progress), ``job:{id}:loss`` list,
+``job:{id}:logs`` list, ``job:{id}:preview:{kind}`` PNG bytes, ``job:{id}:lease`` (expires unless a worker
+renews it), ``job:{id}:cancel`` flag, ``state:{state}`` sets, ``jobs`` zset by creation time, ``queue``
+list of queued ids. Every change is published on the ``job:{id}:events`` channel as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+
+import redis
+
+from workers.job import JobSpec
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+PREVIEWS = ("amplitude", "phase", "probe")
+LOG_LINES = 1000
+
+# KEYS: job hash, from-set prefix, to-set, events channel. ARGV: to, message, now, allowed-from states...
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return 'missing' end
+for i = 4, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'message', ARGV[2], 'updated', ARGV[3])
+    redis.call('SREM', KEYS[2] .. cur, redis.call('HGET', KEYS[1], 'id'))
+    redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+    redis.call('PUBLISH', KEYS[4], cjson.encode({event='state', state=ARGV[1], message=ARGV[2]}))
+    return 'ok:' .. cur
+  end
+end
+return 'refused:' .. cur
+"""
+
+
+class JobNotFound(KeyError):
+    """No job with this id."""
+
+
+class TransitionError(RuntimeError):
+    """The state machine does not allow this change (e.g. cancelling a finished job)."""
+
+
+class JobStore:
+    """Jobs in Redis; safe to share between threads and processes (every change is one atomic step)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.r, self.prefix = client, prefix
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def connect(cls, url: str, prefix: str) -> JobStore:
+        return cls(redis.Redis.from_url(url), prefix)
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def channel(self, job_id: str) -> str:
+        return self.key("job", job_id, "events")
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    def create(self, *, spec: JobSpec, job_id: str | None = None) -> str:
+        """Store a queued job and put it on the queue; returns its id."""
+        job_id = job_id or self.new_id()
+        now = time.time()
+        fields = {
+            "id": job_id,
+            "state": JobState.QUEUED.value,
+            "spec": spec.model_dump_json(),
+            "created": now,
+            "updated": now,
+            "message": "",
+            "iteration": 0,
+            "total_iterations": 0,
+            "frames_received": 0,
+            "frames_used": 0,
+        }
+        pipe = self.r.pipeline()
+        pipe.hset(self.key("job", job_id), mapping=fields)
+        pipe.sadd(self.key("state", JobState.QUEUED.value), job_id)
+        pipe.zadd(self.key("jobs"), {job_id: now})
+        pipe.rpush(self.key("queue"), job_id)
+        pipe.execute()
+        return job_id
+
+    def get(self, job_id: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.key("job", job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def spec(self, job_id: str) -> JobSpec:
+        return JobSpec.model_validate_json(self.get(job_id)["spec"])
+
+    def ids(self, *, state: JobState | None = None, limit: int = 100) -> list[str]:
+        """Newest first; only jobs in ``state`` if given."""
+        newest = [i.decode() for i in self.r.zrevrange(self.key("jobs"), 0, -1)]
+        if state is not None:
+            members = {m.decode() for m in self.r.smembers(self.key("state", state.value))}
+            newest = [i for i in newest if i in members]
+        return newest[:limit]
+
+    def transition(self, job_id: str, *, to: JobState, message: str = "") -> JobState:
+        """Move a job to ``to`` if the state machine allows it from its current state; returns the old state."""
+        allowed = [s.value for s, nxt in TRANSITIONS.items() if to in nxt]
+        keys = [self.key("job", job_id), self.key("state", ""), self.key("state", to.value), self.channel(job_id)]
+        out = self._transition(keys=keys, args=[to.value, message, time.time(), *allowed]).decode()
+        if out == "missing":
+            raise JobNotFound(job_id)
+        verdict, _, old = out.partition(":")
+        if verdict != "ok":
+            raise TransitionError(f"job {job_id}: cannot go from {old} to {to.value}")
+        self.log(job_id, f"state {old} -> {to.value}" + (f": {message}" if message else ""))
+        return JobState(old)
+
+    def claim(self, *, worker: str, lease_s: float, timeout_s: float) -> str | None:
+        """Take the oldest queued job and mark it running under a lease; None if none came within ``timeout_s``."""
+        popped = self.r.blpop([self.key("queue")], timeout=timeout_s)
+        if popped is None:
+            return None
+        job_id = popped[1].decode()
+        self.renew(job_id, worker=worker, lease_s=lease_s)
+        try:
+            self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
+        except TransitionError:  # cancelled while queued
+            self.r.delete(self.key("job", job_id, "lease"))
+            return None
+        self.r.hset(self.key("job", job_id), "worker", worker)
+        return job_id
+
+    def take(self, job_id: str, *, worker: str, lease_s: float) -> None:
+        """Claim one named queued job (a Prefect deployment run given its id); a running one is left as is."""
+        if self.r.lrem(self.key("queue"), 0, job_id):
+            self.renew(job_id, worker=worker, lease_s=lease_s)
+            self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
+            self.r.hset(self.key("job", job_id), "worker", worker)
+
+    def renew(self, job_id: str, *, worker: str, lease_s: float) -> None:
+        self.r.set(self.key("job", job_id, "lease"), worker, px=int(lease_s * 1000))
+
+    def release(self, job_id: str) -> None:
+        self.r.delete(self.key("job", job_id, "lease"))
+
+    def reap(self) -> list[str]:
+        """Fail every running job whose lease has expired (its worker died); returns their ids."""
+        failed = []
+        for raw in self.r.smembers(self.key("state", JobState.RUNNING.value)):
+            job_id = raw.decode()
+            if self.r.exists(self.key("job", job_id, "lease")):
+                continue
+            checkpoint = self.spec(job_id).checkpoint
+            message = "worker lost: its lease expired without a heartbeat"
+            if checkpoint:
+                message += f"; partial state in checkpoint {checkpoint}"
+            try:
+                self.transition(job_id, to=JobState.FAILED, message=message)
+            except TransitionError:
+                continue
+            failed.append(job_id)
+        return failed
+
+    def progress(self, job_id: str, values: Mapping[str, float | int | str], *, loss: float | None = None) -> None:
+        """Record progress fields (and append ``loss`` to the curve); publish them."""
+        pipe = self.r.pipeline()
+        pipe.hset(self.key("job", job_id), mapping={k: v for k, v in values.items()})
+        if loss is not None:
+            pipe.rpush(self.key("job", job_id, "loss"), loss)
+        pipe.publish(self.channel(job_id), json.dumps({"event": "progress", **values}))
+        pipe.execute()
+
+    def losses(self, job_id: str) -> list[float]:
+        return [float(v) for v in self.r.lrange(self.key("job", job_id, "loss"), 0, -1)]
+
+    def put_preview(self, job_id: str, images: Mapping[str, bytes], *, iteration: int) -> None:
+        pipe = self.r.pipeline()
+        for kind, data in images.items():
+            pipe.set(self.key("job", job_id, "preview", kind), data)
+        pipe.hset(self.key("job", job_id), "preview_iteration", iteration)
+        pipe.publish(self.channel(job_id), json.dumps({"event": "preview", "iteration": iteration}))
+        pipe.execute()
+
+    def preview(self, job_id: str, kind: str) -> bytes | None:
+        data = self.r.get(self.key("job", job_id, "preview", kind))
+        return bytes(data) if data is not None else None
+
+    def log(self, job_id: str, line: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.rpush(self.key("job", job_id, "logs"), f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}")
+        pipe.ltrim(self.key("job", job_id, "logs"), -LOG_LINES, -1)
+        pipe.execute()
+
+    def logs(self, job_id: str) -> list[str]:
+        return [v.decode() for v in self.r.lrange(self.key("job", job_id, "logs"), 0, -1)]
+
+    def request_cancel(self, job_id: str) -> JobState:
+        """Cancel a queued job now, or ask the worker of a running one to stop; returns the state it was in."""
+        state = JobState(self.get(job_id)["state"])
+        if state == JobState.QUEUED:
+            self.r.lrem(self.key("queue"), 0, job_id)
+            self.transition(job_id, to=JobState.CANCELLED, message="cancelled while queued")
+        elif state == JobState.RUNNING:
+            self.r.set(self.key("job", job_id, "cancel"), 1)
+            self.log(job_id, "cancel requested")
+        else:
+            raise TransitionError(f"job {job_id} is already {state.value}")
+        return state
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.key("job", job_id, "cancel")))
+
+    def counts(self) -> dict[JobState, int]:
+        return {s: int(self.r.scard(self.key("state", s.value))) for s in JobState}
+
+    def announce(self, name: str, info: Mapping[str, str], *, ttl_s: float) -> None:
+        """A worker says it is alive (and what it runs on); forgotten after ``ttl_s`` without a repeat."""
+        self.r.set(self.key("worker", name), json.dumps({"name": name, **info}), px=int(ttl_s * 1000))
+
+    def workers(self) -> list[dict[str, str]]:
+        keys = sorted(self.r.scan_iter(match=self.key("worker", "*")))
+        return [json.loads(v) for v in self.r.mget(keys) if v is not None] if keys else []
+
+    def queue_depth(self) -> int:
+        return int(self.r.llen(self.key("queue")))

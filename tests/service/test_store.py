@@ -1,0 +1,56 @@
+"""The job state machine and leases, on the real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from service.store import TERMINAL, TRANSITIONS, JobState, JobStore, TransitionError
+from workers.job import JobSpec
+
+
+def spec() -> JobSpec:
+    return JobSpec(input={"file": "/x.cxi"}, schedule=[{"engine": "epie", "iterations": 1}], output="/tmp/o.h5")
+
+
+def test_transitions_follow_the_table(store: JobStore) -> None:
+    for source, targets in TRANSITIONS.items():
+        for target in JobState:
+            job_id = store.create(spec=spec())
+            path = {JobState.QUEUED: [], JobState.RUNNING: [JobState.RUNNING]}.get(source, [JobState.RUNNING, source])
+            for step in path:
+                store.transition(job_id, to=step)
+            if target in targets:
+                assert store.transition(job_id, to=target) == source
+                assert store.get(job_id)["state"] == target.value
+            else:
+                with pytest.raises(TransitionError):
+                    store.transition(job_id, to=target)
+    assert TERMINAL == {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+    assert sum(store.counts().values()) == len(store.ids(limit=1000))
+
+
+def test_claim_lease_and_reap(store: JobStore) -> None:
+    job_id = store.create(spec=spec())
+    assert store.queue_depth() == 1
+    assert store.claim(worker="w", lease_s=0.3, timeout_s=1) == job_id
+    assert store.get(job_id)["state"] == "running"
+    assert store.reap() == []
+    time.sleep(0.4)
+    assert store.reap() == [job_id]
+    job = store.get(job_id)
+    assert job["state"] == "failed" and "worker lost" in job["message"]
+    assert any("running -> failed" in line for line in store.logs(job_id))
+
+
+def test_cancel_queued_and_running(store: JobStore) -> None:
+    queued, running = store.create(spec=spec()), store.create(spec=spec())
+    assert store.request_cancel(queued) == JobState.QUEUED
+    assert store.get(queued)["state"] == "cancelled" and store.queue_depth() == 1
+    assert store.claim(worker="w", lease_s=5, timeout_s=1) == running
+    assert not store.cancel_requested(running)
+    store.request_cancel(running)
+    assert store.cancel_requested(running)
+    with pytest.raises(TransitionError):
+        store.request_cancel(queued)
