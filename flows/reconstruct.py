@@ -1,0 +1,67 @@
+"""The ``reconstruct`` flow: validate the input, run the worker's engine schedule, write the result, record the state.
+
+A failure is an exception: the job is recorded failed and the exception propagates, so Prefect records it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.runner import JobRunner
+from service.store import JobState, JobStore
+from workers.job import FileInput, JobSpec
+
+
+class InputError(ValueError):
+    """The job's input cannot be read."""
+
+
+@task(cache_policy=NO_CACHE)
+def validate_input(store: JobStore, job_id: str, worker: str, lease_s: float) -> JobSpec:
+    """Claim the job if still queued (a deployment run); the stored spec, with a file input that exists."""
+    store.take(job_id, worker=worker, lease_s=lease_s)
+    spec = store.spec(job_id)
+    if isinstance(spec.input, FileInput) and not Path(spec.input.file).is_file():
+        raise InputError(f"input file not found: {spec.input.file}")
+    Path(spec.output).parent.mkdir(parents=True, exist_ok=True)
+    return spec
+
+
+@task(cache_policy=NO_CACHE)
+def run_schedule(
+    store: JobStore, job_id: str, spec: JobSpec, worker: str, heartbeat_s: float, lease_s: float
+) -> dict[str, Any]:
+    """Run the engine schedule on the worker's device; the result file is written at the end (also when stopped)."""
+    runner = JobRunner(store, job_id, worker=worker, heartbeat_s=heartbeat_s, lease_s=lease_s)
+    return runner.run(spec)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def record(store: JobStore, job_id: str, state: JobState, message: str) -> None:
+    """Move the job to its final state (idempotent: a job already there is left alone)."""
+    if store.get(job_id)["state"] != state.value:
+        store.transition(job_id, to=state, message=message)
+    store.release(job_id)
+
+
+@flow(flow_run_name="recon-{job_id}", log_prints=True)
+def reconstruct(
+    job_id: str, redis_url: str, key_prefix: str, worker: str = "flow", heartbeat_s: float = 1.0, lease_s: float = 10.0
+) -> str:
+    """Reconstruct job ``job_id`` (queued, or claimed by a queue worker); returns its final state."""
+    store = JobStore.connect(redis_url, key_prefix)
+    try:
+        spec = validate_input(store, job_id, worker, lease_s)
+        attrs = run_schedule(store, job_id, spec, worker, heartbeat_s, lease_s)
+    except Exception as exc:
+        record(store, job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    stopped = bool(attrs.get("stopped"))
+    state = JobState.CANCELLED if stopped else JobState.SUCCEEDED
+    summary = f"{attrs.get('iterations', 0)} iterations, {attrs.get('frames_used', 0)} frames; result {spec.output}"
+    record(store, job_id, state, ("stopped on request; partial result " if stopped else "") + summary)
+    return state.value

@@ -1,0 +1,101 @@
+"""Live hooks of a running job: lease heartbeat, cancellation, progress, ETA and previews into the job store.
+
+Torch-free at import; the worker runtime is imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from service.store import JobStore
+from workers.job import JobSpec
+
+if TYPE_CHECKING:
+    from workers.previews import Preview
+    from workers.runtime import Progress
+    from workers.stream.receiver import Receiver
+
+
+class JobRunner:
+    """Runs one claimed job's spec and reports into ``store`` while it runs."""
+
+    def __init__(self, store: JobStore, job_id: str, *, worker: str, heartbeat_s: float, lease_s: float) -> None:
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
+        self.cancel = threading.Event()
+        self._done = threading.Event()
+        self._receiver: Receiver | None = None
+        self._started = time.perf_counter()
+        self._last: tuple[float, int] | None = None
+        self._rate = 0.0
+        self._frames: tuple[float, int] = (self._started, 0)
+
+    def run(self, spec: JobSpec) -> dict[str, Any]:
+        """Run ``spec`` to its result file; returns the result's attributes (``stopped`` when cancelled)."""
+        from workers.runtime import run_job
+
+        beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.job_id}", daemon=True)
+        beat.start()
+        try:
+            result = run_job(
+                spec,
+                on_progress=self._on_progress,
+                on_preview=self._on_preview,
+                cancel=self.cancel,
+                on_listening=self._on_listening,
+            )
+        finally:
+            self._done.set()
+            beat.join()
+        return {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float | bool)}
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(self.heartbeat_s):
+            self.store.renew(self.job_id, worker=self.worker, lease_s=self.lease_s)
+            if self.store.cancel_requested(self.job_id):
+                self.cancel.set()
+            if self._receiver is not None:
+                self._publish_frames(self._receiver)
+
+    def _publish_frames(self, receiver: Receiver) -> None:
+        counters = receiver.assembler.counters.as_dict()
+        start = receiver.assembler.start
+        now, received = time.perf_counter(), int(counters["received"])
+        t0, n0 = self._frames
+        rate = (received - n0) / (now - t0) if now > t0 else 0.0
+        self._frames = (now, received)
+        values: dict[str, float | int | str] = {"frames_received": received, "frames_rate": round(rate, 2)}
+        if start is not None and start.expected_frames:
+            values["frames_expected"] = start.expected_frames
+        self.store.progress(self.job_id, values)
+
+    def _on_listening(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+        self.store.progress(self.job_id, {"listening": receiver.endpoint})
+        self.store.log(self.job_id, f"listening on {receiver.endpoint}")
+
+    def _on_progress(self, p: Progress) -> None:
+        now = time.perf_counter()
+        if self._last is not None and p.iteration > self._last[1]:
+            instant = (p.iteration - self._last[1]) / max(now - self._last[0], 1e-9)
+            self._rate = instant if self._rate == 0 else 0.8 * self._rate + 0.2 * instant
+        self._last = (now, p.iteration)
+        remaining = max(p.total_iterations - p.iteration, 0)
+        values: dict[str, float | int | str] = {
+            "iteration": p.iteration,
+            "total_iterations": p.total_iterations,
+            "stage": p.stage,
+            "engine": p.engine,
+            "loss": p.loss,
+            "elapsed_s": round(p.elapsed_s, 3),
+            "frames_used": p.frames_used,
+            "streaming": int(p.streaming),
+            "iteration_rate": round(self._rate, 3),
+            "eta_s": round(remaining / self._rate, 1) if self._rate > 0 else -1,
+        }
+        self.store.progress(self.job_id, values, loss=p.loss)
+
+    def _on_preview(self, preview: Preview) -> None:
+        self.store.put_preview(self.job_id, preview.png, iteration=preview.iteration)

@@ -1,0 +1,70 @@
+"""Jobs end to end: API -> Redis queue -> in-process worker -> Prefect ``reconstruct`` flow run -> result."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import h5py
+from fastapi.testclient import TestClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+from tests.service.conftest import AUTH, wait_for
+
+
+def flow_run_state(job_id: str) -> str:
+    with get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"recon-{job_id}"])))
+    assert len(runs) == 1
+    return str(runs[0].state_type.value)
+
+
+def submit(client: TestClient, scan_file: str, schedule: list[dict[str, object]]) -> str:
+    r = client.post(
+        "/api/jobs", json={"input": {"file": scan_file}, "schedule": schedule, "device": "cpu"}, headers=AUTH
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def state(client: TestClient, job_id: str) -> str:
+    return str(client.get(f"/api/jobs/{job_id}").json()["state"])
+
+
+def test_submit_runs_to_succeeded_with_a_result(client: TestClient, worker: None, scan_file: str) -> None:
+    schedule = [{"engine": "epie", "iterations": 3}, {"engine": "bh-cg", "iterations": 2}]
+    job_id = submit(client, scan_file, schedule)
+    wait_for(lambda: state(client, job_id) in ("succeeded", "failed"), 90, "the job to finish")
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "succeeded", job["message"]
+    assert job["progress"]["iteration"] == 5 and job["progress"]["loss"] > 0
+    assert len(client.get(f"/api/jobs/{job_id}/loss").json()) == 5
+    r = client.get(f"/api/jobs/{job_id}/result")
+    assert r.status_code == 200
+    with h5py.File(io.BytesIO(r.content)) as f:
+        assert f["object"].dtype.name == "complex64" and len(f["history/loss"]) == 5
+    lines = client.get(f"/api/jobs/{job_id}/logs").json()["lines"]
+    assert any("queued -> running" in x for x in lines) and any("running -> succeeded" in x for x in lines)
+    wait_for(lambda: flow_run_state(job_id) == "COMPLETED", 20, "Prefect to record the completion")
+
+
+def test_cancel_mid_run_keeps_a_partial_result(client: TestClient, worker: None, scan_file: str) -> None:
+    job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 100_000}])
+    wait_for(lambda: client.get(f"/api/jobs/{job_id}").json()["progress"]["iteration"] >= 2, 60, "iterations")
+    assert client.post(f"/api/jobs/{job_id}/cancel", headers=AUTH).json()["previous_state"] == "running"
+    wait_for(lambda: state(client, job_id) != "running", 30, "the job to stop")
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "cancelled" and "partial result" in job["message"]
+    assert client.get(f"/api/jobs/{job_id}/result").status_code == 200
+
+
+def test_a_failing_job_is_failed_in_redis_and_in_prefect(
+    client: TestClient, worker: None, scan_file: str, settings
+) -> None:  # noqa: ANN001
+    job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 1}])
+    Path(settings.data_root / scan_file).write_bytes(b"not an hdf5 file")
+    wait_for(lambda: state(client, job_id) in ("succeeded", "failed"), 60, "the job to finish")
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["message"]
+    wait_for(lambda: flow_run_state(job_id) == "FAILED", 20, "Prefect to record the failure")
