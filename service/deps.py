@@ -1,0 +1,43 @@
+"""FastAPI dependencies as named types: the settings, the store, the bearer-token check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.settings import Settings
+from service.store import JobStore
+
+_bearer = HTTPBearer(auto_error=False, description="PTYCHOSTREAM_API_TOKEN")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def require_token(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Mutating calls need ``Authorization: Bearer <PTYCHOSTREAM_API_TOKEN>``."""
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.api_token.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Authorized = Depends(require_token)

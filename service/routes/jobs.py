@@ -1,0 +1,148 @@
+"""The jobs resource: submit, list, inspect, follow (SSE), previews, result, cancel, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import FileResponse
+from sse_starlette import EventSourceResponse
+
+from service.deps import Authorized, SettingsDep, StoreDep
+from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsPublic, Logs, job_public
+from service.settings import Settings
+from service.store import TERMINAL, JobState, JobStore
+from workers.job import FileInput, JobSpec
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="The job's id.")]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job"}}
+
+
+def resolve_input(settings: Settings, relative: str) -> FsPath:
+    """The input file under the data root; refuse anything that escapes it or does not exist."""
+    root = settings.data_root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "input.file: path must stay under the data root")
+    if not path.is_file():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"input.file: no such file: {relative}")
+    return path
+
+
+@router.post("", status_code=201, response_model=JobCreated, dependencies=[Authorized])
+def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep) -> JobCreated:
+    """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device."""
+    job_input = request.input
+    if isinstance(job_input, FileInput):
+        job_input = FileInput(file=str(resolve_input(settings, job_input.file)))
+    job_id = JobStore.new_id()
+    out = settings.results_root.resolve() / job_id
+    spec = JobSpec(
+        **request.model_dump(exclude={"input"}),
+        input=job_input,
+        output=str(out / "result.h5"),
+        checkpoint=str(out / "checkpoint.h5"),
+        preview_interval_s=settings.preview_interval_s,
+    )
+    store.create(spec=spec, job_id=job_id)
+    return JobCreated(id=job_id)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    store: StoreDep, state: JobState | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> JobsPublic:
+    """Jobs, newest first (only those in ``state`` if given)."""
+    jobs = []
+    for job_id in store.ids(state=state, limit=limit):
+        jobs.append(job_public(store.get(job_id)))
+    return JobsPublic(data=jobs, count=len(jobs))
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(job_id: JobId, store: StoreDep) -> JobPublic:
+    """State and progress: iteration, loss, frames received/used, rates, ETA."""
+    return job_public(store.get(job_id))
+
+
+@router.get("/{job_id}/loss", response_model=list[float], responses=NOT_FOUND)
+def get_loss(job_id: JobId, store: StoreDep) -> list[float]:
+    """The loss curve so far (one value per iteration)."""
+    store.get(job_id)
+    return store.losses(job_id)
+
+
+@router.get("/{job_id}/events", responses=NOT_FOUND)
+async def job_events(job_id: JobId, request: Request, store: StoreDep) -> EventSourceResponse:
+    """Server-Sent Events: ``state``, ``progress`` and ``preview`` as they happen; ends at a final state."""
+    first = job_public(await asyncio.to_thread(store.get, job_id))
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        yield {"event": "state", "data": first.model_dump_json()}
+        if first.state in TERMINAL:
+            return
+        pubsub = request.app.state.aredis.pubsub()
+        await pubsub.subscribe(store.channel(job_id))
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is None:
+                    state = (await asyncio.to_thread(store.get, job_id))["state"]
+                    if state in TERMINAL:
+                        yield {"event": "state", "data": json.dumps({"state": state})}
+                        return
+                    continue
+                payload = json.loads(message["data"])
+                yield {"event": payload["event"], "data": json.dumps(payload)}
+                if payload["event"] == "state" and payload["state"] in TERMINAL:
+                    return
+        finally:
+            await pubsub.aclose()
+
+    return EventSourceResponse(events(), ping=15)
+
+
+@router.get(
+    "/{job_id}/preview/{kind}.png",
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such job or no preview yet"}},
+)
+def get_preview(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep) -> Response:
+    """The latest preview image of the object amplitude, phase or the probe amplitude."""
+    store.get(job_id)
+    data = store.preview(job_id, kind)
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no {kind} preview yet")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/{job_id}/result",
+    responses={200: {"content": {"application/x-hdf5": {}}}, 404: NOT_FOUND[404], 409: {"description": "Not done"}},
+)
+def get_result(job_id: JobId, store: StoreDep) -> FileResponse:
+    """The result HDF5 (also a cancelled job's partial result)."""
+    raw = store.get(job_id)
+    path = FsPath(store.spec(job_id).output)
+    if raw["state"] not in (JobState.SUCCEEDED, JobState.CANCELLED) or not path.is_file():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {raw['state']}: no result file")
+    return FileResponse(path, media_type="application/x-hdf5", filename=f"{job_id}.h5")
+
+
+@router.post("/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=NOT_FOUND)
+def cancel_job(job_id: JobId, store: StoreDep) -> CancelReply:
+    """Cancel a queued job, or ask a running job's worker to stop (it writes a partial result)."""
+    previous = store.request_cancel(job_id)
+    detail = "cancelled" if previous == JobState.QUEUED else "the worker stops after the current iteration"
+    return CancelReply(id=job_id, previous_state=previous, detail=detail)
+
+
+@router.get("/{job_id}/logs", response_model=Logs, responses=NOT_FOUND)
+def get_logs(job_id: JobId, store: StoreDep) -> Logs:
+    """The job's log lines (state changes, worker messages)."""
+    store.get(job_id)
+    return Logs(id=job_id, lines=store.logs(job_id))

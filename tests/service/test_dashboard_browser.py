@@ -1,0 +1,67 @@
+"""The dashboard in headless Chromium during a live ``serve --demo`` job: previews change, the job succeeds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.demo import free_port
+from service.settings import Settings
+from tests.service.conftest import wait_for
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium not installed (apt-get install -y chromium; .ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PTYCHOSTREAM_REDIS_URL": settings.redis_url,
+        "PTYCHOSTREAM_KEY_PREFIX": settings.key_prefix,
+        "PTYCHOSTREAM_RESULTS_ROOT": str(tmp_path / "results"),
+        "PTYCHOSTREAM_PREVIEW_INTERVAL_S": "0.3",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = ["serve", "--port", str(port), "--demo", "--demo-positions", "100", "--demo-rate", "12"]
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", *command, "--demo-iterations", "15"], env=env)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            url = f"http://127.0.0.1:{port}/"
+            wait_for(lambda: _opens(page, url), 60, "the dashboard to answer")
+            page.wait_for_function("document.getElementById('job-state').textContent === 'running'", timeout=60_000)
+            page.wait_for_function("document.getElementById('img-amplitude').naturalWidth > 0", timeout=60_000)
+            first = page.get_attribute("#img-amplitude", "src")
+            page.wait_for_function(
+                f"(s => {{ const i = document.getElementById('img-amplitude'); return i.src.endsWith(s) === false"
+                f" && i.complete && i.naturalWidth > 0; }})({first!r})",
+                timeout=60_000,
+            )
+            assert page.get_attribute("#img-amplitude", "src") != first
+            page.wait_for_function("document.getElementById('job-state').textContent === 'succeeded'", timeout=120_000)
+            assert page.text_content("#frames") == "100 / 100"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _opens(page, url: str) -> bool:  # noqa: ANN001
+    try:
+        return page.goto(url).ok
+    except Exception:  # the server is still starting
+        return False
