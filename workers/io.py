@@ -29,6 +29,7 @@ PROBE_PATHS = ("entry_1/instrument_1/source_1/probe", "entry_1/probe_1/data")
 BACKGROUND_NAMES = ("dark", "data_dark", "background")
 EXTRA = "entry_1/ptychostream"
 DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
+DEFAULT_INVERSE = np.linalg.pinv(DEFAULT_BASIS)
 
 
 def corners_from_translations(
@@ -39,7 +40,8 @@ def corners_from_translations(
     ``pixel`` is the sample-plane (dy, dx) in metres, ``basis`` the unit lab directions (3, 2) of the
     frame's row and column axes.
     """
-    centres = (-np.asarray(translation, dtype=np.float64) @ np.linalg.pinv(basis).T) / np.asarray(pixel)
+    inverse = DEFAULT_INVERSE if basis is DEFAULT_BASIS else np.linalg.pinv(basis)
+    centres = (-np.asarray(translation, dtype=np.float64) @ inverse.T) / np.asarray(pixel)
     return centres - size / 2
 
 

@@ -59,14 +59,20 @@ class Engine(ABC):
         self._t0: float | None = None
 
     def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
-        """Append frames (n, M, M) (zero frequency centred) at scan positions (n, 2) pixels."""
+        """Append frames (n, M, M) (zero frequency centred; float or raw integer counts) at scan positions (n, 2) pixels.
+
+        The frames move to the device in their own dtype and become amplitudes there.
+        """
         if intensities.ndim != 3 or intensities.shape[1:] != (self.size, self.size):
             raise DataError(f"frames: expected shape (n, {self.size}, {self.size}), got {intensities.shape}")
         if positions.shape != (intensities.shape[0], 2):
             raise DataError(f"positions: expected shape ({intensities.shape[0]}, 2), got {positions.shape}")
         n_new = intensities.shape[0]
-        amp = np.sqrt(np.fft.ifftshift(np.asarray(intensities, dtype=np.float32), axes=(-2, -1)))
-        amp_t = torch.from_numpy(amp).to(self.device)
+        host = torch.from_numpy(np.ascontiguousarray(intensities))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        frames = host.to(self.device, non_blocking=True).to(torch.float32)
+        amp_t = torch.fft.ifftshift(frames, dim=(-2, -1)).sqrt_()
         need = self.n_frames + n_new
         if need > self.amplitudes.shape[0]:
             grown = torch.empty((max(need, 2 * self.amplitudes.shape[0]), self.size, self.size), device=self.device)

@@ -7,7 +7,7 @@ raises ``Rejected`` with a short reason the receiver counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,12 +41,19 @@ class Preprocessor:
     size: int | None = None
     centre: tuple[int, int] | None = None
     binning: int = 1
+    _windows: dict[tuple[int, int], tuple[slice, slice]] = field(default_factory=dict, init=False, repr=False)
 
     def output_size(self, shape: tuple[int, int]) -> int:
         return (self.size or min(shape)) // self.binning
 
     def window(self, shape: tuple[int, int]) -> tuple[slice, slice]:
-        """The crop window on the detector for frames of ``shape``."""
+        """The crop window on the detector for frames of ``shape`` (computed once per shape)."""
+        found = self._windows.get(shape)
+        if found is None:
+            found = self._windows[shape] = self._window(shape)
+        return found
+
+    def _window(self, shape: tuple[int, int]) -> tuple[slice, slice]:
         m = self.size or min(shape)
         cy, cx = self.centre or (shape[0] // 2, shape[1] // 2)
         top, left = cy - m // 2, cx - m // 2
@@ -70,13 +77,13 @@ class Preprocessor:
         return any(x is not None for x in (self.dark, self.valid, self.hot, self.zinger)) or self.binning > 1
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """The cropped frame: float32, or a copy of the raw unsigned counts when nothing corrects them
-        (``FrameBuffer.drain`` converts those a batch at a time, off the receive path)."""
+        """The cropped frame: float32, or, when nothing corrects unsigned counts, a view of the raw frame
+        (no copy: ``FrameBuffer.drain`` converts a batch at a time, off the receive path)."""
         if frame.ndim != 2:
             raise Rejected("shape", f"expected a 2-D frame, got shape {frame.shape}")
         if frame.dtype.kind == "u" and not self.corrects:
             rows, cols = self.window(frame.shape)
-            return np.array(frame[rows, cols])
+            return frame[rows, cols]
         out = frame.astype(np.float32)
         if frame.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")

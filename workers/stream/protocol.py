@@ -31,6 +31,9 @@ TAG_OF_DTYPE = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items()}
 V1_ENCODINGS = {"<": None, "lz4<": "lz4", "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
 FRAME_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32", "float64")
 Part = bytes | bytearray | memoryview
+Translation = tuple[float, float, float]
+_NUMBER = (int, float)
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in FRAME_DTYPES}
 
 
 class Protocol(StrEnum):
@@ -85,22 +88,22 @@ class ScanStart:
 
 @dataclass(frozen=True)
 class Frame:
-    """One detector frame (Y, X); ``position_m`` the sample translation (3,) in metres, or None."""
+    """One detector frame (Y, X); ``position_m`` the sample translation (x, y, z) in metres, or None."""
 
     scan_id: str
     index: int
     data: np.ndarray
-    position_m: np.ndarray | None
+    position_m: Translation | None
     nbytes: int
 
 
 @dataclass(frozen=True)
 class Position:
-    """The sample translation (3,) in metres of frame ``index`` (the separate position stream)."""
+    """The sample translation (x, y, z) in metres of frame ``index`` (the separate position stream)."""
 
     scan_id: str
     index: int
-    position_m: np.ndarray
+    position_m: Translation
 
 
 @dataclass(frozen=True)
@@ -150,52 +153,67 @@ def _field(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: 
     return value
 
 
-def _position(value: Any, what: str) -> np.ndarray | None:
+def _position(value: Any, what: str) -> Translation | None:
+    """A position field: None, or 2-3 finite numbers (metres) as an (x, y, z) tuple."""
     if value is None:
         return None
-    ok = isinstance(value, list | tuple) and len(value) in (2, 3)
-    if not (ok and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+    ok = type(value) in (list, tuple) and 2 <= len(value) <= 3 and all(type(v) in _NUMBER for v in value)
+    if not (ok and all(map(math.isfinite, value))):
         raise MalformedMessage(f"{what}: position_m must be 2 or 3 finite numbers, got {value!r}")
-    return np.array([*value, 0.0][:3], dtype=np.float64)
+    return (float(value[0]), float(value[1]), float(value[2]) if len(value) == 3 else 0.0)
 
 
 def _shape(value: Any, what: str) -> tuple[int, int]:
-    ok = isinstance(value, list | tuple) and len(value) == 2
-    if not (ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value)):
+    if not (type(value) in (list, tuple) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int):
         raise MalformedMessage(f"{what}: shape must be two positive integers, got {value!r}")
-    return int(value[0]), int(value[1])
+    if not (0 < value[0] < 65536 and 0 < value[1] < 65536):
+        raise MalformedMessage(f"{what}: shape must be two integers in [1, 65535], got {value!r}")
+    return value[0], value[1]
 
 
 def _dtype(value: Any, what: str) -> np.dtype:
-    if value not in FRAME_DTYPES:
+    dtype = _DTYPES.get(value) if type(value) is str else None
+    if dtype is None:
         raise UnknownEncoding(f"{what}: dtype {value!r} is not one of {FRAME_DTYPES}")
-    return np.dtype(value).newbyteorder("<")
+    return dtype
 
 
 def _array(buffer: Part, shape: tuple[int, int], dtype: np.dtype, scan_id: str, index: int) -> np.ndarray:
-    if len(memoryview(buffer).cast("B")) != shape[0] * shape[1] * dtype.itemsize:
-        raise CorruptFrame(scan_id, index, "size", f"{len(memoryview(buffer).cast('B'))} bytes for {shape} {dtype}")
+    """The frame as an array over ``buffer`` (no copy); a wrong byte count rejects it (``size``)."""
+    nbytes = memoryview(buffer).nbytes
+    if nbytes != shape[0] * shape[1] * dtype.itemsize:
+        raise CorruptFrame(scan_id, index, "size", f"{nbytes} bytes for {shape} {dtype}")
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 # -- native -------------------------------------------------------------------------------------
 
 
+def _decode_native_frame(head: dict[str, Any], parts: Sequence[Part], scan_id: str) -> Frame:
+    """The hot path: a frame header and its raw payload, checked field by field without copying the payload."""
+    index = head.get("index")
+    if type(index) is not int:
+        raise MalformedMessage(f"native frame: field 'index' missing or not an integer, got {index!r}")
+    if len(parts) != 2:
+        raise CorruptFrame(scan_id, index, "parts", f"expected header + frame, got {len(parts)} parts")
+    shape, dtype = _shape(head.get("shape"), "native frame"), _dtype(head.get("dtype"), "native frame")
+    payload = parts[1]
+    checksum = head.get("crc32c")
+    if checksum is not None and crc32c.crc32c(payload) != checksum:
+        raise CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header")
+    data = _array(payload, shape, dtype, scan_id, index)
+    return Frame(scan_id, index, data, _position(head.get("position_m"), "native frame"), memoryview(payload).nbytes)
+
+
 def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
     if head.get("version") != NATIVE_VERSION:
         raise UnknownVersion(f"native protocol version {head.get('version')!r} (this decoder reads {NATIVE_VERSION})")
     kind = head.get("type")
-    scan_id = str(_field(head, "scan_id", (str, int), f"native {kind}"))
+    scan_id = head.get("scan_id")
+    if type(scan_id) is not str:
+        scan_id = str(_field(head, "scan_id", (str, int), f"native {kind}"))
     if kind == "frame":
-        index = _field(head, "index", int, "native frame")
-        if len(parts) != 2:
-            raise CorruptFrame(scan_id, index, "parts", f"expected header + frame, got {len(parts)} parts")
-        shape, dtype = _shape(head.get("shape"), "native frame"), _dtype(head.get("dtype"), "native frame")
-        checksum = head.get("crc32c")
-        if checksum is not None and crc32c.crc32c(parts[1]) != checksum:
-            raise CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header")
-        data = _array(parts[1], shape, dtype, scan_id, index)
-        return Frame(scan_id, index, data, _position(head.get("position_m"), "native frame"), len(parts[1]))
+        return _decode_native_frame(head, parts, scan_id)
     if kind == "position":
         pos = _position(head.get("position_m"), "native position")
         if pos is None:

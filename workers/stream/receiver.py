@@ -34,6 +34,7 @@ from workers.stream.protocol import (
     ProtocolError,
     ScanEnd,
     ScanStart,
+    Translation,
     decode,
 )
 
@@ -77,22 +78,27 @@ class FrameBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.to_pixels: Callable[[np.ndarray], np.ndarray] | None = None
-        self._items: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        self._items: deque[tuple[int, np.ndarray, Translation]] = deque()
         self._cond = threading.Condition()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, index: int, frame: np.ndarray, position_m: np.ndarray, stop: threading.Event) -> bool:
-        """Append, waiting while full; False (frame not stored) only when ``stop`` is set."""
+    def put_many(self, items: Sequence[tuple[int, np.ndarray, Translation]], stop: threading.Event) -> int:
+        """Append ``items`` in order, waiting while full; returns how many went in (all, unless ``stop`` is set)."""
+        done = 0
         with self._cond:
-            while len(self._items) >= self.capacity:
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.05)
-            self._items.append((index, frame, position_m))
-            self._cond.notify_all()
-        return True
+            while done < len(items):
+                room = min(self.capacity - len(self._items), len(items) - done)
+                if room <= 0:
+                    if stop.is_set():
+                        break
+                    self._cond.wait(0.05)
+                    continue
+                self._items.extend(items[done : done + room])
+                done += room
+                self._cond.notify_all()
+        return done
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a frame; True when one is there."""
@@ -100,7 +106,11 @@ class FrameBuffer:
             return self._cond.wait_for(lambda: len(self._items) > 0, timeout)
 
     def drain(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Take up to ``limit`` frames: indices (n,), frames (n, M, M) float32, corners (n, 2) pixels."""
+        """Take up to ``limit`` frames: indices (n,), frames (n, M, M), corners (n, 2) pixels.
+
+        Frames keep the dtype they share (raw counts stay integers: half the bytes of float32 to
+        copy here and to move to the engine's device, which converts them); mixed dtypes give float32.
+        """
         with self._cond:
             n = len(self._items) if limit is None else min(limit, len(self._items))
             items = [self._items.popleft() for _ in range(n)]
@@ -109,7 +119,9 @@ class FrameBuffer:
             return np.zeros(0, np.int64), np.zeros((0, 0, 0), np.float32), np.zeros((0, 2))
         index, frames, positions = zip(*items, strict=True)
         assert self.to_pixels is not None
-        return np.asarray(index), np.stack(frames).astype(np.float32, copy=False), self.to_pixels(np.stack(positions))
+        dtypes = {f.dtype for f in frames}
+        stacked = np.stack(frames) if len(dtypes) == 1 else np.stack(frames, dtype=np.float32, casting="unsafe")
+        return np.asarray(index), stacked, self.to_pixels(np.asarray(positions, dtype=np.float64))
 
 
 class Assembler:
@@ -129,10 +141,12 @@ class Assembler:
         self._seen: set[int] = set()
         self._rejected: set[int] = set()
         self._frames: dict[int, np.ndarray] = {}
-        self._positions: dict[int, np.ndarray] = {}
+        self._positions: dict[int, Translation] = {}
+        self._pending: list[tuple[int, np.ndarray, Translation]] = []
 
     def handle(self, parts: Sequence[Part]) -> None:
-        """Decode one message and account for it; never raises on bad input."""
+        """Decode one message and account for it; never raises on bad input. Usable frames reach the buffer
+        at the next ``flush``."""
         now = time.perf_counter()
         try:
             msg = decode(parts)
@@ -225,10 +239,20 @@ class Assembler:
         elif msg.index not in self._seen:
             self._positions[msg.index] = msg.position_m
 
-    def _deliver(self, index: int, image: np.ndarray, position_m: np.ndarray) -> None:
-        if self.buffer.put(index, image, position_m, self.stop):
-            self._seen.add(index)
-            self.counters.received += 1
+    def _deliver(self, index: int, image: np.ndarray, position_m: Translation) -> None:
+        self._seen.add(index)
+        self._pending.append((index, image, position_m))
+
+    def flush(self) -> None:
+        """Move the frames delivered since the last flush into the buffer (one lock for a burst of messages),
+        waiting while it is full; frames it could not take (``stop`` set) are unseen again, so end up missing."""
+        if not self._pending:
+            return
+        stored = self.buffer.put_many(self._pending, self.stop)
+        self.counters.received += stored
+        for index, _, _ in self._pending[stored:]:
+            self._seen.discard(index)
+        self._pending = []
 
     @property
     def waiting_for_positions(self) -> int:
@@ -237,6 +261,7 @@ class Assembler:
     def finish(self) -> Counters:
         """Close the scan: frames still without a position are rejected, gaps become missing."""
         assert self.start is not None or not self._frames
+        self.flush()
         for index in list(self._frames):
             self._frames.pop(index)
             self._reject(index, "no position", self.start.scan_id if self.start else "")
@@ -325,6 +350,7 @@ class Receiver:
                             break
                         asm.handle([p.buffer for p in parts])
                         last = now
+                    asm.flush()
                 if asm.ended and ended_at is None:
                     ended_at = now
                 if ended_at is not None and (asm.waiting_for_positions == 0 or now - ended_at > self.grace_s):
