@@ -171,6 +171,7 @@ def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
         position_lag=args.position_lag,
         faults=faults,
         scan_id=args.scan_id,
+        batch=args.batch,
     )
     return {"file": args.input, "to": args.to, "protocol": args.protocol, **report.as_dict()}
 
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions-to", metavar="tcp://HOST:PORT", help="send positions on a separate stream")
     p.add_argument("--position-lag", type=int, default=0, help="frames by which positions trail (<0: lead)")
     p.add_argument("--scan-id", default="1", help="scan (series) id; digits for the DECTRIS formats")
+    p.add_argument("--batch", type=int, default=1, help="frames per message (native 'frames' messages; default 1)")
     for fault in ("drop", "duplicate", "reorder", "corrupt"):
         p.add_argument(f"--{fault}", type=float, default=0.0, metavar="FRACTION", help=f"fault injection: {fault}")
     p.add_argument("--fault-seed", type=int, default=0)

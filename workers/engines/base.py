@@ -59,9 +59,10 @@ class Engine(ABC):
         self._t0: float | None = None
 
     def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
-        """Append frames (n, M, M) (zero frequency centred; float or raw integer counts) at scan positions (n, 2) pixels.
+        """Append frames (n, M, M) (zero frequency centred) at scan positions (n, 2) pixels.
 
-        The frames move to the device in their own dtype and become amplitudes there.
+        Frames may be float or raw integer counts: they move to the device in their own dtype
+        (integers: half the bytes of float32) and become amplitudes there.
         """
         if intensities.ndim != 3 or intensities.shape[1:] != (self.size, self.size):
             raise DataError(f"frames: expected shape (n, {self.size}, {self.size}), got {intensities.shape}")

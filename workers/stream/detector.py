@@ -129,6 +129,7 @@ def replay(
     position_lag: int = 0,
     faults: Faults = Faults(),
     scan_id: str = "1",
+    batch: int = 1,
     stop: threading.Event | None = None,
     linger_ms: int = 5000,
 ) -> ReplayReport:
@@ -136,8 +137,11 @@ def replay(
 
     Positions travel in the frame headers (native, v2), else as position messages: on
     ``positions_endpoint`` when given (sent ``position_lag`` frames late; negative: early),
-    otherwise on the frame socket. ``linger_ms`` bounds how long closing waits to flush.
+    otherwise on the frame socket. ``batch`` > 1 (native only) sends that many frames per
+    ``frames`` message. ``linger_ms`` bounds how long closing waits to flush.
     """
+    if batch < 1 or (batch > 1 and kind != Protocol.NATIVE):
+        raise ValueError(f"batch must be 1, or >= 1 with the native protocol (got {batch} with {kind})")
     dtype = wire_dtype(data)
     frames = np.clip(data.intensities, 0, None).astype(dtype)
     translations = translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size)
@@ -159,6 +163,25 @@ def replay(
         s.send_multipart(parts, copy=False)
         report.messages += 1
         report.bytes += sum(len(memoryview(p).cast("B")) for p in parts)
+
+    pending: list[tuple[int, np.ndarray, bool]] = []
+
+    def send_frames() -> None:
+        """Send the pending frames: one message each, or one ``frames`` message (a corrupted frame: its own part)."""
+        if batch == 1:
+            for i, frame, bad in pending:
+                parts = enc.frame(scan_id, i, frame, None if separate else translations[i])
+                send(sock, corrupt(parts, rng) if bad else parts)
+        elif pending:
+            index = [i for i, _, _ in pending]
+            where = None if separate else [translations[i] for i in index]
+            parts = protocol.encode_native_frames(scan_id, index, [f for _, f, _ in pending], where)
+            for k, (_, _, bad) in enumerate(pending):
+                if bad:
+                    parts = [*parts[: k + 1], *corrupt([parts[k + 1]], rng), *parts[k + 2 :]]
+            send(sock, parts)
+        report.last_frame_s = time.time()
+        pending.clear()
 
     order = list(range(data.n_frames))
     for i in range(data.n_frames - 1):
@@ -183,20 +206,21 @@ def replay(
                 delay = t0 + key / rate_hz - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            parts = enc.frame(scan_id, i, frames[i], None if separate else translations[i])
             roll = rng.uniform(size=3)
             if roll[0] < faults.drop:
                 report.dropped.append(i)
                 continue
-            if roll[1] < faults.corrupt:
-                parts = corrupt(parts, rng)
+            bad = bool(roll[1] < faults.corrupt)
+            if bad:
                 report.corrupted.append(i)
-            send(sock, parts)
+            pending.append((i, frames[i], bad))
             report.frames += 1
             if roll[2] < faults.duplicate:
-                send(sock, parts)
+                pending.append((i, frames[i], bad))
                 report.duplicated.append(i)
-            report.last_frame_s = time.time()
+            if len(pending) >= batch:
+                send_frames()
+        send_frames()
         send(sock, enc.end(scan_id, data.n_frames))
     finally:
         sock.close()

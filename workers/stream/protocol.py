@@ -29,6 +29,7 @@ TAG_ARRAY, TAG_COMPRESSED = 40, 56500
 TYPED_ARRAY_TAGS = {64: "u1", 69: "<u2", 70: "<u4", 71: "<u8", 72: "i1", 77: "<i2", 78: "<i4", 85: "<f4", 86: "<f8"}
 TAG_OF_DTYPE = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items()}
 V1_ENCODINGS = {"<": None, "lz4<": "lz4", "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
+MAX_BATCH = 1024
 FRAME_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32", "float64")
 Part = bytes | bytearray | memoryview
 Translation = tuple[float, float, float]
@@ -98,6 +99,15 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class FrameBatch:
+    """Several frames of one scan in one message (native ``frames``): those that decode, and the corrupt ones."""
+
+    scan_id: str
+    frames: tuple[Frame, ...]
+    corrupt: tuple[CorruptFrame, ...]
+
+
+@dataclass(frozen=True)
 class Position:
     """The sample translation (x, y, z) in metres of frame ``index`` (the separate position stream)."""
 
@@ -114,7 +124,7 @@ class ScanEnd:
     frames_sent: int | None = None
 
 
-Message = ScanStart | Frame | Position | ScanEnd
+Message = ScanStart | Frame | FrameBatch | Position | ScanEnd
 
 
 def decode(parts: Sequence[Part]) -> Message:
@@ -205,6 +215,37 @@ def _decode_native_frame(head: dict[str, Any], parts: Sequence[Part], scan_id: s
     return Frame(scan_id, index, data, _position(head.get("position_m"), "native frame"), memoryview(payload).nbytes)
 
 
+def _decode_native_batch(head: dict[str, Any], parts: Sequence[Part], scan_id: str) -> FrameBatch:
+    """Frames ``index[k]`` in parts ``k + 1``; a payload that fails its checksum or size rejects that frame only."""
+    indices = head.get("index")
+    if not (type(indices) is list and 0 < len(indices) <= MAX_BATCH and all(type(i) is int for i in indices)):
+        raise MalformedMessage(f"native frames: 'index' must be a list of 1 to {MAX_BATCH} integers")
+    n = len(indices)
+    positions, checksums = head.get("position_m"), head.get("crc32c")
+    if positions is not None and not (type(positions) is list and len(positions) == n):
+        raise MalformedMessage(f"native frames: 'position_m' must be null or a list of {n} positions")
+    if checksums is not None and not (type(checksums) is list and len(checksums) == n):
+        raise MalformedMessage(f"native frames: 'crc32c' must be null or a list of {n} checksums")
+    shape, dtype = _shape(head.get("shape"), "native frames"), _dtype(head.get("dtype"), "native frames")
+    if len(parts) != n + 1:
+        detail = f"expected header + {n} frames, got {len(parts)} parts"
+        return FrameBatch(scan_id, (), tuple(CorruptFrame(scan_id, i, "parts", detail) for i in indices))
+    where = [_position(p, "native frames") for p in positions] if positions is not None else [None] * n
+    frames, corrupt = [], []
+    for k, index in enumerate(indices):
+        payload = parts[k + 1]
+        if checksums is not None and crc32c.crc32c(payload) != checksums[k]:
+            corrupt.append(CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header"))
+            continue
+        try:
+            data = _array(payload, shape, dtype, scan_id, index)
+        except CorruptFrame as exc:
+            corrupt.append(exc)
+            continue
+        frames.append(Frame(scan_id, index, data, where[k], memoryview(payload).nbytes))
+    return FrameBatch(scan_id, tuple(frames), tuple(corrupt))
+
+
 def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
     if head.get("version") != NATIVE_VERSION:
         raise UnknownVersion(f"native protocol version {head.get('version')!r} (this decoder reads {NATIVE_VERSION})")
@@ -214,6 +255,8 @@ def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
         scan_id = str(_field(head, "scan_id", (str, int), f"native {kind}"))
     if kind == "frame":
         return _decode_native_frame(head, parts, scan_id)
+    if kind == "frames":
+        return _decode_native_batch(head, parts, scan_id)
     if kind == "position":
         pos = _position(head.get("position_m"), "native position")
         if pos is None:
@@ -284,6 +327,23 @@ def encode_native_frame(scan_id: str, index: int, data: np.ndarray, position_m: 
         "crc32c": crc32c.crc32c(data.data),
     }
     return [_native("frame", scan_id, fields), data.data]
+
+
+def encode_native_frames(
+    scan_id: str, indices: Sequence[int], frames: Sequence[np.ndarray], positions_m: Sequence[np.ndarray] | None
+) -> list[Part]:
+    """[JSON header, frame 0, frame 1, ...]: one message for several frames of one shape and dtype."""
+    data = [np.ascontiguousarray(f) for f in frames]
+    if not data or len(data) != len(indices) or len({(f.shape, f.dtype) for f in data}) != 1:
+        raise ValueError("encode_native_frames: needs one index per frame and frames of one shape and dtype")
+    fields = {
+        "index": [int(i) for i in indices],
+        "position_m": None if positions_m is None else [[float(v) for v in p] for p in positions_m],
+        "dtype": data[0].dtype.name,
+        "shape": list(data[0].shape),
+        "crc32c": [crc32c.crc32c(f.data) for f in data],
+    }
+    return [_native("frames", scan_id, fields), *(f.data for f in data)]
 
 
 def encode_position(scan_id: str, index: int, position_m: np.ndarray) -> list[Part]:

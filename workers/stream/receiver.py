@@ -28,6 +28,7 @@ from workers.stream.preprocess import Preprocessor, Rejected
 from workers.stream.protocol import (
     CorruptFrame,
     Frame,
+    FrameBatch,
     Part,
     Position,
     Protocol,
@@ -160,10 +161,14 @@ class Assembler:
                 log.warning("malformed message ignored: %s", exc)
             return
         if isinstance(msg, Frame):
-            self.counters.first_s = self.counters.first_s or now
-            self.counters.last_s = now
-            self.counters.bytes += msg.nbytes
+            self._arrived(msg.nbytes, now)
             self._frame(msg)
+        elif isinstance(msg, FrameBatch):
+            self._arrived(sum(f.nbytes for f in msg.frames), now)
+            for exc in msg.corrupt:
+                self._reject(exc.index, exc.reason, exc.scan_id)
+            for frame in msg.frames:
+                self._frame(frame)
         elif isinstance(msg, Position):
             self._position(msg)
         elif isinstance(msg, ScanStart):
@@ -172,6 +177,12 @@ class Assembler:
             self.ended = True
             if msg.frames_sent is not None:
                 self.counters.expected = max(self.counters.expected or 0, msg.frames_sent)
+
+    def _arrived(self, nbytes: int, now: float) -> None:
+        c = self.counters
+        c.first_s = c.first_s or now
+        c.last_s = now
+        c.bytes += nbytes
 
     def _start(self, msg: ScanStart) -> None:
         problem = "second start" if self.start is not None else None

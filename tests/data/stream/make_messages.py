@@ -22,6 +22,7 @@ def messages() -> dict[str, list[p.Part]]:
     return {
         "native_start": p.encode_native_start(START),
         "native_frame": p.encode_native_frame("7", 1, FRAME, POSITION),
+        "native_frames": p.encode_native_frames("7", [1, 2], [FRAME, FRAME + 1], [POSITION, 2 * POSITION]),
         "native_position": p.encode_position("7", 1, POSITION),
         "native_end": p.encode_native_end("7", 3),
         "dectris_v1_start": p.encode_v1_start(START),

@@ -49,6 +49,14 @@ def test_recorded_frames_decode_to_the_frame(name: str) -> None:
         np.testing.assert_array_equal(frame.position_m, POSITION)
 
 
+def test_recorded_frames_batch() -> None:
+    batch = p.decode(recorded("native_frames"))
+    assert isinstance(batch, p.FrameBatch) and not batch.corrupt
+    assert [(f.scan_id, f.index) for f in batch.frames] == [("7", 1), ("7", 2)]
+    np.testing.assert_array_equal(batch.frames[1].data, FRAME + 1)
+    np.testing.assert_array_equal(batch.frames[1].position_m, 2 * POSITION)
+
+
 def test_recorded_position() -> None:
     pos = p.decode(recorded("native_position"))
     assert isinstance(pos, p.Position) and pos.index == 1
@@ -121,7 +129,8 @@ def test_corrupt_payload_names_the_frame() -> None:
 def test_garbage_raises_only_protocol_errors() -> None:
     """Random bytes, mutated recorded messages and shuffled parts: decode raises ProtocolError or decodes."""
     rng = np.random.default_rng(1)
-    seeds = [recorded(n) for n in ("native_start", "native_frame", "dectris_v1_frame_bslz4", "dectris_v2_frame_lz4")]
+    names = ("native_start", "native_frame", "native_frames", "dectris_v1_frame_bslz4", "dectris_v2_frame_lz4")
+    seeds = [recorded(n) for n in names]
     seeds += [recorded("dectris_v1_start"), recorded("dectris_v2_start")]
     for trial in range(3000):
         base = [bytearray(x) for x in seeds[trial % len(seeds)]]
@@ -142,3 +151,32 @@ def test_garbage_raises_only_protocol_errors() -> None:
             p.decode(parts)
         except p.ProtocolError:
             pass
+
+
+def test_frames_batch_round_trips_and_rejects_only_its_corrupt_frames() -> None:
+    frames = [np.full((6, 8), k, np.uint16) for k in range(4)]
+    positions = [POSITION * k for k in range(4)]
+    parts = [bytes(memoryview(x).cast("B")) for x in p.encode_native_frames("3", [5, 6, 7, 9], frames, positions)]
+    out = p.decode(parts)
+    assert isinstance(out, p.FrameBatch) and not out.corrupt
+    assert [f.index for f in out.frames] == [5, 6, 7, 9]
+    for f, want, where in zip(out.frames, frames, positions, strict=True):
+        np.testing.assert_array_equal(f.data, want)
+        np.testing.assert_array_equal(f.position_m, where)
+    parts[2] = b"\x00" + parts[2][1:]  # frame 6: checksum
+    parts[4] = parts[4][:-2]  # frame 9: size (its checksum no longer matches either)
+    out = p.decode(parts)
+    assert isinstance(out, p.FrameBatch) and [f.index for f in out.frames] == [5, 7]
+    assert [(c.index, c.reason) for c in out.corrupt] == [(6, "checksum"), (9, "checksum")]
+    out = p.decode(parts[:3])
+    assert isinstance(out, p.FrameBatch) and not out.frames and {c.reason for c in out.corrupt} == {"parts"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"index": []}, {"index": [1, "2"]}, {"index": [1, 2], "position_m": [[0, 0]]}, {"index": [1], "crc32c": 5}],
+)
+def test_frames_batch_with_a_bad_header_is_malformed(fields: dict) -> None:
+    head = {"scan_id": "3", "dtype": "uint16", "shape": [2, 2], **fields}
+    with pytest.raises(p.MalformedMessage):
+        p.decode([json.dumps({"protocol": "ptychostream", "version": 1, "type": "frames", **head}).encode(), b"\0" * 8])

@@ -25,6 +25,7 @@ def receive(
     separate: bool = False,
     lag: int = 0,
     faults: Faults | None = None,
+    batch: int = 1,
 ) -> tuple[ReplayReport, dict, tuple]:
     """Replay ``data`` into a fresh receiver; return the detector's report, the counters and the frames."""
     receiver = Receiver(ANY, positions=ANY if separate else None, idle_timeout_s=10).start()
@@ -38,6 +39,7 @@ def receive(
             positions_endpoint=positions,
             position_lag=lag,
             faults=faults or Faults(),
+            batch=batch,
         )
         assert receiver.done.wait(20)
         return report, receiver.counters.as_dict(), receiver.buffer.drain()
@@ -57,6 +59,7 @@ def assert_placed_right(data: ScanData, drained: tuple) -> None:
         (Protocol.NATIVE, None, False, 0),
         (Protocol.NATIVE, None, True, 7),
         (Protocol.NATIVE, None, True, -7),
+        (Protocol.NATIVE, "batch", False, 0),
         (Protocol.DECTRIS_V1, None, False, 0),
         (Protocol.DECTRIS_V1, "bslz4", True, 5),
         (Protocol.DECTRIS_V1, "lz4", True, -5),
@@ -68,17 +71,23 @@ def assert_placed_right(data: ScanData, drained: tuple) -> None:
 def test_every_format_round_trips_over_tcp(
     small_scan: ScanData, kind: Protocol, compression: str | None, separate: bool, lag: int
 ) -> None:
-    report, c, drained = receive(small_scan, kind=kind, compression=compression, separate=separate, lag=lag)
+    batch = 16 if compression == "batch" else 1
+    compression = None if compression == "batch" else compression
+    report, c, drained = receive(
+        small_scan, kind=kind, compression=compression, separate=separate, lag=lag, batch=batch
+    )
     n = small_scan.n_frames
     assert report.frames == n
+    assert report.messages == 2 + (n if separate or kind == Protocol.DECTRIS_V1 else 0) + -(-n // batch)
     assert (c["received"], c["frames_rejected"], c["missing"], c["duplicates"], c["malformed"]) == (n, 0, 0, 0, {})
     assert sorted(drained[0]) == list(range(n))
     assert_placed_right(small_scan, drained)
 
 
-def test_faults_are_accounted(small_scan: ScanData) -> None:
+@pytest.mark.parametrize("batch", [1, 8])
+def test_faults_are_accounted(small_scan: ScanData, batch: int) -> None:
     faults = Faults(drop=0.05, duplicate=0.1, reorder=0.2, corrupt=0.05, seed=3)
-    report, c, drained = receive(small_scan, separate=True, lag=4, faults=faults)
+    report, c, drained = receive(small_scan, separate=True, lag=4, faults=faults, batch=batch)
     n = small_scan.n_frames
     assert report.dropped and report.duplicated and report.reordered and report.corrupted
     assert c["duplicates"] == len(report.duplicated)
