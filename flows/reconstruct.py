@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runner import JobRunner
 from service.store import JobState, JobStore
+from workers.concurrency import share_cores
 from workers.job import FileInput, JobSpec
 
 
@@ -53,6 +54,7 @@ def reconstruct(
     job_id: str, redis_url: str, key_prefix: str, worker: str = "flow", heartbeat_s: float = 1.0, lease_s: float = 10.0
 ) -> str:
     """Reconstruct job ``job_id`` (queued, or claimed by a queue worker); returns its final state."""
+    share_cores()
     store = JobStore.connect(redis_url, key_prefix)
     try:
         spec = validate_input(store, job_id, worker, lease_s)

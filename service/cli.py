@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from workers.concurrency import share_cores
 from workers.engines.options import EngineName
 from workers.errors import DataError, DeviceError
 
@@ -372,6 +373,7 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    share_cores()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], dict[str, Any]] = args.func

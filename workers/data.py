@@ -146,7 +146,10 @@ def probe_guess(data: ScanData, n_modes: int = 1) -> np.ndarray:
     if data.probe is not None:
         probe = data.probe.astype(np.complex64)
     else:
-        mean = np.fft.ifftshift(data.intensities.mean(0)).astype(np.float64)
+        mean = data.intensities.mean(0).astype(np.float64)
+        if data.mask is not None:
+            mean = np.where(data.mask, mean, 0.0)
+        mean = np.fft.ifftshift(mean)
         if data.geometry.kind == "far":
             probe = _far_field_probe(mean)[None]
         else:

@@ -47,7 +47,8 @@ class Engine(ABC):
         self.device = state.device
         self.size = int(state.probe.shape[-1])
         self.propagator = geometry.propagator(self.size, self.device)
-        self.mask = None if mask is None else torch.as_tensor(mask, dtype=torch.float32, device=self.device)
+        shifted = None if mask is None else np.fft.ifftshift(np.asarray(mask, dtype=np.float32))
+        self.mask = None if shifted is None else torch.as_tensor(shifted, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.amplitudes = torch.empty((0, self.size, self.size), dtype=torch.float32, device=self.device)
         self.n_frames = 0

@@ -71,6 +71,7 @@ def scan_start(data: ScanData, scan_id: str, dtype: str) -> ScanStart:
         g.kind,
         data.n_frames,
         data.probe,
+        valid=data.mask,
     )
 
 

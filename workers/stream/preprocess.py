@@ -1,8 +1,9 @@
 """Per-frame preprocessing between the decoder and the frame buffer.
 
-Order: dark/background subtraction (clipped at 0), bad/hot-pixel masking, zinger removal,
-centre crop to the reconstruction size, optional binning. A frame that cannot be used
-raises ``Rejected`` with a short reason the receiver counts.
+Order: centre crop to the reconstruction size (first, so that a large detector costs only its
+window), dark/background subtraction (clipped at 0), bad pixels zeroed (the engines' mask
+excludes them), hot pixels and zingers replaced by their neighbours' median, optional binning.
+A frame that cannot be used raises ``Rejected`` with a short reason the receiver counts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class Preprocessor:
 
     dark     : (Y, X) counts subtracted from every frame, or None.
     valid    : (Y, X) bool, False on bad pixels (set to 0; the engine mask excludes them).
-    hot      : counts above which a pixel is treated as bad in that frame (None: no limit).
+    hot      : counts above which a pixel is implausible in that frame (overflow, a detector's
+               bad-pixel marker): it is replaced by the median of its 3x3 neighbours, as the
+               engines' mask is per scan, not per frame (None: no limit).
     zinger   : a pixel above ``zinger`` x the median of its 3x3 neighbours (and > 10 counts)
                is replaced by that median (cosmic rays); None disables it.
     size     : output size M after cropping (None: the largest centred square), before binning.
@@ -42,6 +45,9 @@ class Preprocessor:
     centre: tuple[int, int] | None = None
     binning: int = 1
     _windows: dict[tuple[int, int], tuple[slice, slice]] = field(default_factory=dict, init=False, repr=False)
+    _references: dict[tuple[int, int], tuple[np.ndarray | None, np.ndarray | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def output_size(self, shape: tuple[int, int]) -> int:
         return (self.size or min(shape)) // self.binning
@@ -63,55 +69,69 @@ class Preprocessor:
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray | None:
         """The valid-pixel mask (M, M) of the output frames, or None when every pixel is valid."""
-        if self.valid is None:
+        _, valid = self.references(shape)
+        if valid is None:
             return None
-        rows, cols = self.window(shape)
-        valid = self.valid[rows, cols]
         if self.binning > 1:
             valid = _bin(valid.astype(np.float32), self.binning) == self.binning**2
         return valid
 
+    def references(self, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The dark (float32) and valid mask cropped to the window of frames of ``shape`` (once per shape)."""
+        found = self._references.get(shape)
+        if found is None:
+            for name, ref in (("dark", self.dark), ("valid-pixel mask", self.valid)):
+                if ref is not None and ref.shape != shape:
+                    raise Rejected("shape", f"frame {shape} does not match the {name} {ref.shape}")
+            rows, cols = self.window(shape)
+            dark = None if self.dark is None else np.asarray(self.dark[rows, cols], dtype=np.float32)
+            valid = None if self.valid is None else np.asarray(self.valid[rows, cols], dtype=bool)
+            found = self._references[shape] = (dark, valid)
+        return found
+
     @property
-    def corrects(self) -> bool:
-        """Whether any correction (dark, bad/hot pixels, zingers, binning) changes pixel values."""
-        return any(x is not None for x in (self.dark, self.valid, self.hot, self.zinger)) or self.binning > 1
+    def converts(self) -> bool:
+        """Whether a correction that needs floats (dark, hot pixels, zingers, binning) is set."""
+        return any(x is not None for x in (self.dark, self.hot, self.zinger)) or self.binning > 1
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """The cropped frame: float32, or, when nothing corrects unsigned counts, a view of the raw frame
-        (no copy: ``FrameBuffer.drain`` converts a batch at a time, off the receive path)."""
+        """The frame cropped, then corrected: float32, or, when only bad pixels (or nothing) correct
+        unsigned counts, the counts themselves (a view of the raw frame when nothing does: no copy;
+        ``FrameBuffer.drain`` stacks a batch at a time, off the receive path)."""
         if frame.ndim != 2:
             raise Rejected("shape", f"expected a 2-D frame, got shape {frame.shape}")
-        if frame.dtype.kind == "u" and not self.corrects:
-            rows, cols = self.window(frame.shape)
-            return frame[rows, cols]
-        out = frame.astype(np.float32)
-        if frame.dtype.kind == "f" and not np.isfinite(out).all():
+        rows, cols = self.window(frame.shape)
+        dark, valid = self.references(frame.shape)
+        crop = frame[rows, cols]
+        if crop.dtype.kind == "u" and not self.converts:
+            return crop if valid is None else np.where(valid, crop, 0)
+        out = crop.astype(np.float32)
+        if crop.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")
-        if self.dark is not None:
-            if self.dark.shape != out.shape:
-                raise Rejected("shape", f"frame {out.shape} does not match the dark {self.dark.shape}")
-            out = np.clip(out - self.dark, 0, None)
-        if frame.dtype.kind != "u" and (out < 0).any():
+        if dark is not None:
+            out = np.clip(out - dark, 0, None)
+        if crop.dtype.kind != "u" and (out < 0).any():
             raise Rejected("negative", f"{int((out < 0).sum())} negative pixels")
-        bad = None if self.valid is None else ~self.valid
-        if self.hot is not None:
-            hot = out > self.hot
-            bad = hot if bad is None else bad | hot
-        if bad is not None:
-            out[bad] = 0
+        if valid is not None:
+            out[~valid] = 0
+        if self.hot is not None and (out > self.hot).any():
+            out = np.where(out > self.hot, neighbour_median(out), out).astype(np.float32)
         if self.zinger is not None:
             out = remove_zingers(out, self.zinger)
-        rows, cols = self.window(out.shape)
-        out = out[rows, cols]
-        return _bin(out, self.binning) if self.binning > 1 else np.ascontiguousarray(out)
+        return _bin(out, self.binning) if self.binning > 1 else out
+
+
+def neighbour_median(frame: np.ndarray) -> np.ndarray:
+    """The median of each pixel's 8 neighbours (edges repeated), same shape as ``frame``."""
+    padded = np.pad(frame, 1, mode="edge")
+    h, w = frame.shape
+    neighbours = [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return np.median(np.stack(neighbours[:4] + neighbours[5:]), axis=0)
 
 
 def remove_zingers(frame: np.ndarray, factor: float, floor: float = 10.0) -> np.ndarray:
     """Replace pixels above ``factor`` x their 3x3 neighbours' median (and above ``floor``) by that median."""
-    padded = np.pad(frame, 1, mode="edge")
-    h, w = frame.shape
-    neighbours = [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    median = np.median(np.stack(neighbours[:4] + neighbours[5:]), axis=0)
+    median = neighbour_median(frame)
     zinger = (frame > factor * median) & (frame > floor)
     return np.where(zinger, median, frame).astype(np.float32)
 

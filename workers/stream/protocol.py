@@ -30,6 +30,7 @@ TYPED_ARRAY_TAGS = {64: "u1", 69: "<u2", 70: "<u4", 71: "<u8", 72: "i1", 77: "<i
 TAG_OF_DTYPE = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items()}
 V1_ENCODINGS = {"<": None, "lz4<": "lz4", "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
 MAX_BATCH = 1024
+HC_EV_ANGSTROM = 12398.419843320026  # h c in eV angstrom: E (eV) = HC_EV_ANGSTROM / lambda (angstrom)
 FRAME_DTYPES = ("uint8", "uint16", "uint32", "int16", "int32", "float32", "float64")
 Part = bytes | bytearray | memoryview
 Translation = tuple[float, float, float]
@@ -73,7 +74,8 @@ class CorruptFrame(ProtocolError):
 
 @dataclass(frozen=True)
 class ScanStart:
-    """A scan begins. Energy in eV, distance and detector pixel in metres; probe (MODE, M, M) or None."""
+    """A scan begins. Energy in eV, distance and detector pixel in metres; probe (MODE, M, M) or None;
+    ``valid`` (Y, X) bool, False on the detector's bad pixels (its pixel mask), or None."""
 
     scan_id: str
     shape: tuple[int, int]
@@ -85,6 +87,7 @@ class ScanStart:
     expected_frames: int | None = None
     probe: np.ndarray | None = None
     protocol: Protocol = Protocol.NATIVE
+    valid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,40 @@ def _decode_native_batch(head: dict[str, Any], parts: Sequence[Part], scan_id: s
     return FrameBatch(scan_id, tuple(frames), tuple(corrupt))
 
 
+def _decode_native_start(head: dict[str, Any], parts: Sequence[Part], scan_id: str) -> ScanStart:
+    """The start header, then (each where its field is not null) the probe guess and the valid-pixel mask."""
+    shape = _shape(head.get("shape"), "native start")
+    extra = [name for name in ("probe", "valid") if head.get(name) is not None]
+    if len(parts) != 1 + len(extra):
+        raise MalformedMessage(f"native start: {len(parts)} parts for a header and {extra or 'nothing else'}")
+    arrays: dict[str, np.ndarray] = {}
+    for name, part in zip(extra, parts[1:], strict=True):
+        spec = head[name]
+        dtype = np.complex64 if name == "probe" else np.uint8
+        values = (
+            np.frombuffer(part, dtype=dtype).copy() if memoryview(part).nbytes % np.dtype(dtype).itemsize == 0 else None
+        )
+        want = spec.get("shape") if isinstance(spec, dict) else None
+        if values is None or not isinstance(want, list) or int(np.prod(want)) != values.size:
+            raise MalformedMessage(f"native start: {name} part does not hold shape {want} of {np.dtype(dtype)}")
+        arrays[name] = values.reshape(want)
+    valid = arrays.get("valid")
+    if valid is not None and valid.shape != shape:
+        raise MalformedMessage(f"native start: valid-pixel mask {valid.shape} vs frames {shape}")
+    return ScanStart(
+        scan_id,
+        shape,
+        str(_dtype(head.get("dtype"), "native start").name),
+        float(_field(head, "energy_ev", (int, float), "native start")),
+        float(_field(head, "distance_m", (int, float), "native start")),
+        float(_field(head, "pixel_size_m", (int, float), "native start")),
+        _propagation(head.get("propagation", "far")),
+        head.get("expected_frames") if type(head.get("expected_frames")) is int else None,
+        arrays.get("probe"),
+        valid=None if valid is None else valid.astype(bool),
+    )
+
+
 def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
     if head.get("version") != NATIVE_VERSION:
         raise UnknownVersion(f"native protocol version {head.get('version')!r} (this decoder reads {NATIVE_VERSION})")
@@ -263,27 +300,7 @@ def _decode_native(head: dict[str, Any], parts: Sequence[Part]) -> Message:
             raise MalformedMessage("native position: position_m missing")
         return Position(scan_id, _field(head, "index", int, "native position"), pos)
     if kind == "start":
-        probe = None
-        if head.get("probe") is not None:
-            spec = head["probe"]
-            if len(parts) != 2 or not isinstance(spec, dict):
-                raise MalformedMessage("native start: probe announced but no probe part")
-            probe = np.frombuffer(parts[1], dtype=np.complex64).copy()
-            try:
-                probe = probe.reshape(spec.get("shape"))
-            except (TypeError, ValueError):
-                raise MalformedMessage(f"native start: probe of {probe.size} values vs shape {spec}") from None
-        return ScanStart(
-            scan_id,
-            _shape(head.get("shape"), "native start"),
-            str(_dtype(head.get("dtype"), "native start").name),
-            float(_field(head, "energy_ev", (int, float), "native start")),
-            float(_field(head, "distance_m", (int, float), "native start")),
-            float(_field(head, "pixel_size_m", (int, float), "native start")),
-            _propagation(head.get("propagation", "far")),
-            head.get("expected_frames") if isinstance(head.get("expected_frames"), int) else None,
-            probe,
-        )
+        return _decode_native_start(head, parts, scan_id)
     if kind == "end":
         sent = head.get("frames_sent")
         return ScanEnd(scan_id, sent if isinstance(sent, int) else None)
@@ -302,6 +319,7 @@ def _native(kind: str, scan_id: str, fields: dict[str, Any]) -> bytes:
 
 
 def encode_native_start(start: ScanStart) -> list[Part]:
+    """[header, probe guess (if any), valid-pixel mask (if any)]."""
     fields = {
         "shape": list(start.shape),
         "dtype": start.dtype,
@@ -311,9 +329,14 @@ def encode_native_start(start: ScanStart) -> list[Part]:
         "propagation": start.propagation,
         "expected_frames": start.expected_frames,
         "probe": None if start.probe is None else {"shape": list(start.probe.shape), "dtype": "complex64"},
+        "valid": None if start.valid is None else {"shape": list(start.valid.shape), "dtype": "uint8"},
     }
-    head = _native("start", start.scan_id, fields)
-    return [head] if start.probe is None else [head, np.ascontiguousarray(start.probe, dtype=np.complex64).data]
+    parts: list[Part] = [_native("start", start.scan_id, fields)]
+    if start.probe is not None:
+        parts.append(np.ascontiguousarray(start.probe, dtype=np.complex64).data)
+    if start.valid is not None:
+        parts.append(np.ascontiguousarray(start.valid, dtype=np.uint8).data)
+    return parts
 
 
 def encode_native_frame(scan_id: str, index: int, data: np.ndarray, position_m: np.ndarray | None) -> list[Part]:
@@ -376,6 +399,7 @@ def _decode_v1(head: dict[str, Any], parts: Sequence[Part]) -> Message:
             "far",
             int(n) if isinstance(n, int) and n > 0 else None,
             protocol=Protocol.DECTRIS_V1,
+            valid=_v1_pixel_mask(parts[2:]),
         )
     if kind == "dimage-1.0":
         index = _field(head, "frame", int, kind)
@@ -397,6 +421,23 @@ def _decode_v1(head: dict[str, Any], parts: Sequence[Part]) -> Message:
     if kind == "dseries_end-1.0":
         return ScanEnd(scan_id)
     raise UnknownType(f"SIMPLON stream v1 htype {kind!r}")
+
+
+def _v1_pixel_mask(parts: Sequence[Part]) -> np.ndarray | None:
+    """The valid pixels (Y, X) from a ``dpixelmask-1.0`` part and its data (header_detail "all"), or None."""
+    for k in range(len(parts) - 1):
+        if memoryview(parts[k])[:1] != b"{":
+            continue
+        desc = _json(parts[k])
+        if desc.get("htype") == "dpixelmask-1.0":
+            width, height = _shape(desc.get("shape"), "dpixelmask-1.0")
+            dtype = _dtype(desc.get("type", "uint32"), "dpixelmask-1.0")
+            if memoryview(parts[k + 1]).nbytes != width * height * dtype.itemsize:
+                raise MalformedMessage(
+                    f"dpixelmask-1.0: {memoryview(parts[k + 1]).nbytes} bytes for {width} x {height}"
+                )
+            return np.frombuffer(parts[k + 1], dtype=dtype).reshape(height, width) == 0
+    return None
 
 
 def _decompress(
@@ -424,6 +465,7 @@ def _decompress(
 
 
 def encode_v1_start(start: ScanStart) -> list[Part]:
+    """dheader-1.0 and the detector config; with ``start.valid``, header_detail "all" and the pixel mask."""
     series = int(start.scan_id)
     config = {
         "x_pixels_in_detector": start.shape[1],
@@ -436,8 +478,13 @@ def encode_v1_start(start: ScanStart) -> list[Part]:
         "nimages": start.expected_frames or 0,
         "ntrigger": 1,
     }
-    head = {"htype": "dheader-1.0", "series": series, "header_detail": "basic"}
-    return [orjson.dumps(head), orjson.dumps(config)]
+    detail = "basic" if start.valid is None else "all"
+    head = {"htype": "dheader-1.0", "series": series, "header_detail": detail}
+    if start.valid is None:
+        return [orjson.dumps(head), orjson.dumps(config)]
+    mask = (~start.valid).astype("<u4")
+    desc = {"htype": "dpixelmask-1.0", "shape": [mask.shape[1], mask.shape[0]], "type": "uint32"}
+    return [orjson.dumps(head), orjson.dumps(config), orjson.dumps(desc), mask.tobytes()]
 
 
 def encode_v1_frame(scan_id: str, index: int, data: np.ndarray, compression: str | None) -> list[Part]:
@@ -519,13 +566,14 @@ def _decode_v2(first: memoryview) -> Message:
         return ScanStart(
             scan_id,
             (_field(msg, "image_size_y", int, "start"), _field(msg, "image_size_x", int, "start")),
-            str(msg.get("image_dtype", "uint16")),
-            float(_field(msg, "incident_energy", (int, float), "start")),
-            float(_field(msg, "detector_distance", (int, float), "start")),
-            float(_field(msg, "x_pixel_size", (int, float), "start")),
+            str(msg.get("image_dtype", "uint32")),
+            _v2_energy(msg),
+            _v2_distance(msg),
+            float(_field(msg, "pixel_size_x", (int, float), "start")),
             _propagation(user.get("propagation", "far")),
             n if isinstance(n, int) and n > 0 else None,
             protocol=Protocol.DECTRIS_V2,
+            valid=_v2_pixel_mask(msg.get("pixel_mask")),
         )
     if kind == "image":
         index = _field(msg, "image_id", int, "image")
@@ -538,6 +586,52 @@ def _decode_v2(first: memoryview) -> Message:
     if kind == "end":
         return ScanEnd(scan_id)
     raise UnknownType(f"stream v2 message type {kind!r}")
+
+
+def _number(value: Any) -> bool:
+    return type(value) in _NUMBER and math.isfinite(value)
+
+
+def _v2_energy(msg: Mapping[str, Any]) -> float:
+    """``incident_energy`` (eV), else from ``incident_wavelength`` (angstrom)."""
+    energy, wavelength = msg.get("incident_energy"), msg.get("incident_wavelength")
+    if _number(energy) and energy > 0:
+        return float(energy)
+    if _number(wavelength) and wavelength > 0:
+        return HC_EV_ANGSTROM / float(wavelength)
+    raise MalformedMessage("stream v2 start: needs incident_energy (eV) or incident_wavelength (angstrom)")
+
+
+def _v2_distance(msg: Mapping[str, Any]) -> float:
+    """``detector_distance`` (m) where the sender adds it, else the z of ``detector_translation`` (m)."""
+    distance, translation = msg.get("detector_distance"), msg.get("detector_translation")
+    if _number(distance) and distance > 0:
+        return float(distance)
+    if isinstance(translation, Sequence) and len(translation) == 3 and _number(translation[2]) and translation[2] > 0:
+        return float(translation[2])
+    raise MalformedMessage("stream v2 start: needs detector_distance or detector_translation [x, y, z] (m)")
+
+
+def _v2_pixel_mask(masks: Any) -> np.ndarray | None:
+    """The valid pixels (Y, X) of the first channel's ``pixel_mask`` (nonzero: bad), or None."""
+    if not isinstance(masks, Mapping) or not masks:
+        return None
+    typed = next(iter(masks.values()))
+    if not isinstance(typed, _Typed):
+        raise MalformedMessage("stream v2 start: pixel_mask must map a channel to a typed array")
+    nbytes = typed.dims[0] * typed.dims[1] * typed.dtype.itemsize
+    try:
+        if typed.algorithm == "bslz4":
+            mask = codecs.decompress_bslz4(typed.payload, typed.dims, typed.dtype)
+        elif typed.algorithm == "lz4":
+            mask = np.frombuffer(codecs.decompress_lz4_hdf5(typed.payload, nbytes), typed.dtype).reshape(typed.dims)
+        elif len(typed.payload) == nbytes:
+            mask = np.frombuffer(typed.payload, typed.dtype).reshape(typed.dims)
+        else:
+            raise codecs.CodecError(f"{len(typed.payload)} bytes for {typed.dims} {typed.dtype}")
+    except codecs.CodecError as exc:
+        raise MalformedMessage(f"stream v2 start: pixel_mask: {exc}") from None
+    return mask == 0
 
 
 def _typed(data: np.ndarray, compression: str | None) -> cbor2.CBORTag:
@@ -555,23 +649,28 @@ def _cbor(msg: dict[str, Any]) -> list[Part]:
 
 
 def encode_v2_start(start: ScanStart) -> list[Part]:
-    return _cbor(
-        {
-            "type": "start",
-            "series_id": int(start.scan_id),
-            "series_unique_id": start.scan_id,
-            "image_size_x": start.shape[1],
-            "image_size_y": start.shape[0],
-            "image_dtype": start.dtype,
-            "incident_energy": start.energy_ev,
-            "detector_distance": start.distance_m,
-            "x_pixel_size": start.pixel_size_m,
-            "y_pixel_size": start.pixel_size_m,
-            "number_of_images": start.expected_frames or 0,
-            "channels": [{"data_type": start.dtype, "thresholds": ["threshold_1"]}],
-            "user_data": {"propagation": start.propagation},
-        }
-    )
+    """The start message with DECTRIS's field names (distance also as ``detector_translation`` z)."""
+    msg = {
+        "type": "start",
+        "series_id": int(start.scan_id),
+        "series_unique_id": start.scan_id,
+        "image_size_x": start.shape[1],
+        "image_size_y": start.shape[0],
+        "image_dtype": start.dtype,
+        "incident_energy": start.energy_ev,
+        "incident_wavelength": HC_EV_ANGSTROM / start.energy_ev,
+        "detector_distance": start.distance_m,
+        "detector_translation": [0.0, 0.0, start.distance_m],
+        "pixel_size_x": start.pixel_size_m,
+        "pixel_size_y": start.pixel_size_m,
+        "number_of_images": start.expected_frames or 0,
+        "channels": ["threshold_1"],
+        "pixel_mask_enabled": start.valid is not None,
+        "user_data": {"propagation": start.propagation},
+    }
+    if start.valid is not None:
+        msg["pixel_mask"] = {"threshold_1": _typed((~start.valid).astype("<u4"), None)}
+    return _cbor(msg)
 
 
 def encode_v2_frame(

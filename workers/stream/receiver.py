@@ -8,6 +8,7 @@ logged, never fatal. A receive timeout means "no data".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -155,8 +156,7 @@ class Assembler:
             self._reject(exc.index, exc.reason, exc.scan_id)
             return
         except ProtocolError as exc:
-            kind = type(exc).__name__
-            self.counters.malformed[kind] = self.counters.malformed.get(kind, 0) + 1
+            self.malformed(type(exc).__name__)
             if sum(self.counters.malformed.values()) <= 10:
                 log.warning("malformed message ignored: %s", exc)
             return
@@ -178,6 +178,10 @@ class Assembler:
             if msg.frames_sent is not None:
                 self.counters.expected = max(self.counters.expected or 0, msg.frames_sent)
 
+    def malformed(self, kind: str) -> None:
+        """Count a message that could not be used, by kind."""
+        self.counters.malformed[kind] = self.counters.malformed.get(kind, 0) + 1
+
     def _arrived(self, nbytes: int, now: float) -> None:
         c = self.counters
         c.first_s = c.first_s or now
@@ -189,12 +193,19 @@ class Assembler:
         if self.protocol is not None and msg.protocol != self.protocol:
             problem = f"{msg.protocol} start"
         if problem is not None:
-            self.counters.malformed[problem] = self.counters.malformed.get(problem, 0) + 1
+            self.malformed(problem)
             return
         self.start = msg
+        own = self.preprocess.valid
+        if msg.valid is not None and msg.valid.shape == msg.shape and (own is None or own.shape == msg.shape):
+            valid = msg.valid if own is None else msg.valid & own
+            self.preprocess = dataclasses.replace(self.preprocess, valid=valid)
         self.size = self.preprocess.output_size(msg.shape)
         self.geometry = scan_geometry(msg, self.size, self.preprocess.binning)
-        self.mask = self.preprocess.mask(msg.shape)
+        try:
+            self.mask = self.preprocess.mask(msg.shape)
+        except Rejected as exc:  # the preprocessing does not fit this detector: every frame is rejected for it
+            log.warning("scan %s: %s", msg.scan_id, exc)
         pixel = (self.geometry.pixel_size, self.geometry.pixel_size)
         self.buffer.to_pixels = partial(corners_from_translations, pixel=pixel, size=self.size)
         self.counters.expected = msg.expected_frames
@@ -359,7 +370,11 @@ class Receiver:
                             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        asm.handle([p.buffer for p in parts])
+                        try:
+                            asm.handle([p.buffer for p in parts])
+                        except Exception:  # a bug must not end the scan: count the message, log it, go on
+                            asm.malformed("internal error")
+                            log.exception("message could not be handled")
                         last = now
                     asm.flush()
                 if asm.ended and ended_at is None:

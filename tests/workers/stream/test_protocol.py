@@ -33,6 +33,27 @@ def test_recorded_scan_messages_decode(fmt: str) -> None:
     assert isinstance(end, p.ScanEnd) and end.scan_id == "7"
 
 
+@pytest.mark.parametrize("fmt", ["native", "dectris_v1", "dectris_v2"])
+def test_recorded_start_carries_the_detector_pixel_mask(fmt: str) -> None:
+    start = p.decode(recorded(f"{fmt}_start_mask"))
+    assert isinstance(start, p.ScanStart) and start.valid is not None
+    assert start.valid.shape == (6, 8) and sorted(zip(*np.nonzero(~start.valid), strict=True)) == [(2, 5), (4, 0)]
+    assert p.decode(recorded(f"{fmt}_start")).valid is None
+
+
+def test_stream_v2_start_reads_dectris_field_names() -> None:
+    """DECTRIS's start message: pixel_size_x, detector_translation z as the distance, energy from the wavelength."""
+    msg = {"type": "start", "series_id": 3, "image_size_x": 8, "image_size_y": 6, "pixel_size_x": 75e-6}
+    msg |= {"incident_wavelength": 1.0, "detector_translation": [0.01, -0.02, 5.5], "number_of_images": 10}
+    start = p.decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
+    assert isinstance(start, p.ScanStart)
+    assert (start.scan_id, start.shape, start.pixel_size_m, start.distance_m) == ("3", (6, 8), 75e-6, 5.5)
+    assert start.energy_ev == pytest.approx(12398.42, rel=1e-6) and start.expected_frames == 10
+    del msg["detector_translation"]
+    with pytest.raises(p.MalformedMessage, match="detector_distance"):
+        p.decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
+
+
 @pytest.mark.parametrize(
     "name",
     ["native_frame", "dectris_v1_frame", "dectris_v1_frame_bslz4", "dectris_v1_frame_lz4"]

@@ -173,3 +173,25 @@ def test_garbage_never_kills_the_receiver(small_scan: ScanData) -> None:
         receiver.close()
     assert c["received"] == 30 and c["missing"] == 0, c
     assert sum(c["malformed"].values()) > 1000
+
+
+@pytest.mark.parametrize("kind", [Protocol.NATIVE, Protocol.DECTRIS_V1, Protocol.DECTRIS_V2])
+def test_the_detector_pixel_mask_reaches_the_engine_mask(small_scan: ScanData, kind: Protocol) -> None:
+    """A scan with bad pixels: the start message carries the mask, the receiver zeroes those pixels and
+    hands the mask on (``Assembler.mask``, what the engines get)."""
+    valid = np.ones((64, 64), bool)
+    valid[3, 7] = valid[40:44, 60] = False
+    data = small_scan.subset(slice(0, 20))
+    data.mask = valid
+    receiver = Receiver(ANY, idle_timeout_s=10).start()
+    try:
+        replay(data, receiver.endpoint, kind=kind)
+        assert receiver.done.wait(20)
+        index, frames, _ = receiver.buffer.drain()
+        mask = receiver.assembler.mask
+    finally:
+        receiver.close()
+    assert len(index) == 20 and mask is not None
+    np.testing.assert_array_equal(mask, valid)
+    assert (frames[:, ~valid] == 0).all()
+    np.testing.assert_array_equal(frames[:, valid], data.intensities[index][:, valid])
