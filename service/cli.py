@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from workers.concurrency import share_cores
 from workers.engines.options import EngineName
 from workers.errors import DataError, DeviceError
+from workers.job import Preprocessing
 
 PROTOCOLS = ["native", "dectris-v1", "dectris-v2"]
 
@@ -35,6 +36,29 @@ def _option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def _add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("frame preprocessing (live streams)")
+    g.add_argument("--crop", type=int, metavar="M", help="crop frames to M x M around the centre")
+    g.add_argument("--centre", type=int, nargs=2, metavar=("ROW", "COL"), help="zero frequency on the detector")
+    g.add_argument("--bin", type=int, default=1, metavar="B", help="sum B x B pixels after cropping")
+    g.add_argument("--hot", type=float, metavar="COUNTS", help="pixels above this are replaced by their neighbours")
+    g.add_argument("--zinger", type=float, metavar="FACTOR", help="remove pixels above FACTOR x their neighbours")
+    g.add_argument("--dark", metavar="DARK.npy", help="dark/background counts (Y, X) to subtract")
+    g.add_argument("--bad-pixels", metavar="BAD.npy", help="(Y, X) array, nonzero marks a bad pixel")
+
+
+def _preprocessing(args: argparse.Namespace) -> Preprocessing:
+    return Preprocessing(
+        size=args.crop,
+        centre=tuple(args.centre) if args.centre else None,
+        binning=args.bin,
+        hot=args.hot,
+        zinger=args.zinger,
+        dark=args.dark,
+        bad_pixels=args.bad_pixels,
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,6 +133,7 @@ def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str
     from tqdm import tqdm
 
     from workers.runtime import Progress, Stage, StreamHooks, run_stream
+    from workers.stream.preprocess import build_preprocessor
     from workers.stream.receiver import Receiver
 
     stage = Stage.parse(args.engine, args.iterations_after_scan, options)
@@ -118,7 +143,10 @@ def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str
         bar.set_postfix(loss=f"{p.loss:.4g}", frames=p.frames_used, live=p.streaming, refresh=False)
         bar.update(1)
 
-    receiver = Receiver(args.listen, positions=args.positions_listen, idle_timeout_s=args.idle_timeout).start()
+    preprocess = build_preprocessor(_preprocessing(args))
+    receiver = Receiver(
+        args.listen, positions=args.positions_listen, preprocess=preprocess, idle_timeout_s=args.idle_timeout
+    ).start()
     try:
         hooks = StreamHooks(on_progress=report)
         result = run_stream(receiver, [stage], device=device, n_modes=args.modes, seed=args.seed, hooks=hooks)
@@ -139,12 +167,18 @@ def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str
 
 
 def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.stream.preprocess import build_preprocessor
     from workers.stream.protocol import Protocol
     from workers.stream.receiver import Receiver
 
     protocol = Protocol(args.protocol) if args.protocol else None
+    preprocess = build_preprocessor(_preprocessing(args))
     receiver = Receiver(
-        args.endpoint, positions=args.positions, protocol=protocol, idle_timeout_s=args.idle_timeout
+        args.endpoint,
+        positions=args.positions,
+        preprocess=preprocess,
+        protocol=protocol,
+        idle_timeout_s=args.idle_timeout,
     ).start()
     try:
         while not receiver.done.is_set():
@@ -314,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_preprocess_arguments(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("evaluate", help="data and (if the file has one) ground-truth metrics of a result")
@@ -328,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", metavar="tcp://HOST:PORT", help="separate position stream")
     p.add_argument("--idle-timeout", type=float, help="s without data that end the scan (default: wait)")
     p.add_argument("--json", action="store_true", help="print the accounting as one JSON line")
+    _add_preprocess_arguments(p)
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("replay", help="virtual detector: stream a scan file over ZeroMQ")

@@ -21,6 +21,33 @@ class FileInput(_Strict):
     file: str = Field(min_length=1, max_length=1024, description="A scan file (CXI/HDF5 or tike npz).")
 
 
+class Preprocessing(_Strict):
+    """Per-frame corrections between the receiver and the engine (``workers.stream.preprocess``)."""
+
+    size: int | None = Field(
+        default=None, ge=8, le=8192, description="Crop frames to size x size around the centre (default: largest)."
+    )
+    centre: tuple[int, int] | None = Field(
+        default=None, description="(row, col) of the zero frequency on the detector (default: the frame centre)."
+    )
+    binning: int = Field(default=1, ge=1, le=16, description="Sum binning x binning pixels after cropping.")
+    hot: float | None = Field(
+        default=None, gt=0, description="Counts above which a pixel is implausible in a frame (replaced by neighbours)."
+    )
+    zinger: float | None = Field(
+        default=None, gt=1, description="Replace pixels above this factor x their 3x3 neighbours' median (cosmics)."
+    )
+    dark: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="A .npy file: the dark/background counts (Y, X)."
+    )
+    bad_pixels: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="A .npy file (Y, X): nonzero marks a bad pixel (the CXI and DECTRIS convention).",
+    )
+
+
 class StreamInput(_Strict):
     stream: str = Field(
         pattern=r"^tcp://\S+:(\d+|\*)$",
@@ -36,6 +63,7 @@ class StreamInput(_Strict):
     idle_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="Close the scan after this long without any message."
     )
+    preprocess: Preprocessing = Field(default_factory=Preprocessing, description="Per-frame corrections.")
 
 
 class StageSpec(_Strict):

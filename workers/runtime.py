@@ -23,6 +23,7 @@ from workers.errors import DataError
 from workers.io import load_scan, write_result
 from workers.job import FileInput, JobSpec
 from workers.previews import Preview, PreviewPublisher
+from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
 
 
@@ -298,7 +299,10 @@ def run_job(
             )
         else:
             receiver = Receiver(
-                job.input.stream, positions=job.input.positions, idle_timeout_s=job.input.idle_timeout_s
+                job.input.stream,
+                positions=job.input.positions,
+                preprocess=build_preprocessor(job.input.preprocess),
+                idle_timeout_s=job.input.idle_timeout_s,
             ).start()
             try:
                 if on_listening is not None:

@@ -23,14 +23,14 @@ JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="The job's 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job"}}
 
 
-def resolve_input(settings: Settings, relative: str) -> FsPath:
-    """The input file under the data root; refuse anything that escapes it or does not exist."""
+def resolve_input(settings: Settings, relative: str, field: str = "input.file") -> FsPath:
+    """A file under the data root; refuse anything that escapes it or does not exist, naming ``field``."""
     root = settings.data_root.resolve()
     path = (root / relative).resolve()
     if not path.is_relative_to(root):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "input.file: path must stay under the data root")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{field}: path must stay under the data root")
     if not path.is_file():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"input.file: no such file: {relative}")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: no such file: {relative}")
     return path
 
 
@@ -40,6 +40,14 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep) -> Jo
     job_input = request.input
     if isinstance(job_input, FileInput):
         job_input = FileInput(file=str(resolve_input(settings, job_input.file)))
+    else:
+        pre = job_input.preprocess
+        files = {
+            name: str(resolve_input(settings, value, f"input.preprocess.{name}"))
+            for name in ("dark", "bad_pixels")
+            if (value := getattr(pre, name)) is not None
+        }
+        job_input = job_input.model_copy(update={"preprocess": pre.model_copy(update=files)})
     job_id = JobStore.new_id()
     out = settings.results_root.resolve() / job_id
     spec = JobSpec(

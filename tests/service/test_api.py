@@ -43,6 +43,24 @@ def test_input_paths_stay_under_the_data_root(client: TestClient, scan_file: str
     assert r.status_code == 422 and "no such file" in r.json()["detail"]
 
 
+def test_stream_preprocessing_files_stay_under_the_data_root(client: TestClient, scan_file: str) -> None:
+    stream = {"stream": "tcp://127.0.0.1:5599"}
+    for field in ("dark", "bad_pixels"):
+        body = {"input": {**stream, "preprocess": {field: "../../etc/passwd"}}, "schedule": SCHEDULE}
+        r = client.post("/api/jobs", json=body, headers=AUTH)
+        assert r.status_code == 400 and f"input.preprocess.{field}" in r.json()["detail"]
+    body = {"input": {**stream, "preprocess": {"size": 4}}, "schedule": SCHEDULE}
+    assert client.post("/api/jobs", json=body, headers=AUTH).status_code == 422
+    body = {
+        "input": {**stream, "preprocess": {"size": 64, "binning": 2, "bad_pixels": scan_file}},
+        "schedule": SCHEDULE,
+    }
+    r = client.post("/api/jobs", json=body, headers=AUTH)
+    assert r.status_code == 201, r.text
+    stored = client.get(f"/api/jobs/{r.json()['id']}").json()["request"]["input"]["preprocess"]
+    assert stored["size"] == 64 and stored["bad_pixels"].endswith(scan_file)
+
+
 def test_malformed_specs_name_the_field(client: TestClient, scan_file: str) -> None:
     cases = {
         "schedule": {"input": {"file": scan_file}, "schedule": []},

@@ -9,8 +9,12 @@ A frame that cannot be used raises ``Rejected`` with a short reason the receiver
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from workers.errors import DataError
+from workers.job import Preprocessing
 
 
 class Rejected(ValueError):
@@ -139,3 +143,30 @@ def remove_zingers(frame: np.ndarray, factor: float, floor: float = 10.0) -> np.
 def _bin(frame: np.ndarray, b: int) -> np.ndarray:
     m = frame.shape[0] // b * b
     return frame[:m, :m].reshape(m // b, b, m // b, b).sum(axis=(1, 3))
+
+
+def _reference(path: str | None, what: str) -> np.ndarray | None:
+    """A 2-D array from a .npy file, or a ``DataError`` naming the file and the problem."""
+    if path is None:
+        return None
+    try:
+        array = np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: {what}: not a readable .npy array ({exc})") from None
+    if array.ndim != 2 or not np.isfinite(array).all():
+        raise DataError(f"{path}: {what}: expected a finite 2-D array, got shape {array.shape}")
+    return array
+
+
+def build_preprocessor(spec: Preprocessing) -> Preprocessor:
+    """The ``Preprocessor`` of a job's preprocessing spec, its dark and bad-pixel files loaded."""
+    bad = _reference(spec.bad_pixels, "bad pixels")
+    return Preprocessor(
+        dark=_reference(spec.dark, "dark"),
+        valid=None if bad is None else bad == 0,
+        hot=spec.hot,
+        zinger=spec.zinger,
+        size=spec.size,
+        centre=spec.centre,
+        binning=spec.binning,
+    )

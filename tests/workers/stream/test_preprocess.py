@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from workers.stream.preprocess import Preprocessor, Rejected, remove_zingers
+from workers.errors import DataError
+from workers.job import Preprocessing
+from workers.stream.preprocess import Preprocessor, Rejected, build_preprocessor, remove_zingers
 
 
 def test_dark_mask_hot_crop_and_bin() -> None:
@@ -43,3 +47,28 @@ def test_unusable_frames_are_rejected_with_a_reason() -> None:
     with pytest.raises(Rejected) as err:
         Preprocessor(size=16)(np.zeros((8, 8), np.uint16))
     assert err.value.reason == "shape"
+
+
+def test_a_job_spec_builds_its_preprocessor_and_bad_files_are_refused(tmp_path: Path) -> None:
+    dark = np.full((10, 12), 2.0)
+    bad = np.zeros((10, 12), np.uint32)
+    bad[5, 6] = 1
+    np.save(tmp_path / "dark.npy", dark)
+    np.save(tmp_path / "bad.npy", bad)
+    spec = Preprocessing(size=8, binning=2, dark=str(tmp_path / "dark.npy"), bad_pixels=str(tmp_path / "bad.npy"))
+    pre = build_preprocessor(spec)
+    assert pre.size == 8 and pre.binning == 2 and not pre.valid[5, 6] and pre.valid.sum() == 119
+    np.testing.assert_array_equal(pre.dark, dark)
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match="junk.npy: dark: not a readable"):
+        build_preprocessor(Preprocessing(dark=str(tmp_path / "junk.npy")))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(DataError, match="expected a finite 2-D array"):
+        build_preprocessor(Preprocessing(bad_pixels=str(tmp_path / "cube.npy")))
+
+
+def test_a_mask_that_does_not_fit_the_detector_rejects_frames() -> None:
+    pre = Preprocessor(valid=np.ones((5, 5), bool))
+    with pytest.raises(Rejected) as err:
+        pre(np.zeros((8, 8), np.uint16))
+    assert err.value.reason == "shape" and "valid-pixel mask" in str(err.value)

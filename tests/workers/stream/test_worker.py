@@ -128,3 +128,26 @@ def test_reconstruct_needs_exactly_one_input(tmp_path: Path, capsys: pytest.Capt
     assert "exactly one of" in capsys.readouterr().err
     argv = ["reconstruct", "x.cxi", "--listen", "tcp://127.0.0.1:1", "-o", "o.h5", "--engine", "epie"]
     assert main(argv) == 2
+
+
+def test_reconstruct_listen_crops_frames(small_scan: ScanData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``reconstruct --listen --crop``: the live scan is reconstructed at the cropped size."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    data = small_scan.subset(slice(0, 30))
+    sender = threading.Thread(target=replay, args=(data, endpoint), kwargs={"rate_hz": 300})
+    sender.start()
+    out = tmp_path / "live.h5"
+    argv = ["reconstruct", "--listen", endpoint, "-o", str(out), "--engine", "epie", "--iterations-after-scan", "2"]
+    try:
+        assert main([*argv, "--crop", "48", "--idle-timeout", "10", "--quiet", "--json"]) == 0
+    finally:
+        sender.join()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames_received"] == 30 and summary["frames_missing"] == 0
+    with h5py.File(out) as f:
+        assert f["probe"].shape[-2:] == (48, 48)
