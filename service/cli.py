@@ -94,7 +94,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
 
     from workers.devices import resolve_device
     from workers.io import load_scan
-    from workers.runtime import Progress, Stage, run_schedule
+    from workers.runtime import Hooks, Progress, Stage, run_schedule
 
     if (args.input is None) == (args.listen is None):
         raise UsageError("give exactly one of IN.cxi and --listen tcp://HOST:PORT")
@@ -115,7 +115,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
         bar.update(1)
 
     try:
-        result = run_schedule(data, [stage], device=device, n_modes=args.modes, seed=args.seed, on_progress=report)
+        hooks = Hooks(on_progress=report)
+        result = run_schedule(data, [stage], device=device, n_modes=args.modes, seed=args.seed, hooks=hooks)
     finally:
         bar.close()
     result.write(args.out)
@@ -132,7 +133,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
 def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from workers.runtime import Progress, Stage, StreamHooks, run_stream
+    from workers.runtime import Hooks, Progress, Stage, run_stream
     from workers.stream.preprocess import build_preprocessor
     from workers.stream.receiver import Receiver
 
@@ -148,7 +149,7 @@ def _reconstruct_stream(args: argparse.Namespace, device: Any, options: dict[str
         args.listen, positions=args.positions_listen, preprocess=preprocess, idle_timeout_s=args.idle_timeout
     ).start()
     try:
-        hooks = StreamHooks(on_progress=report)
+        hooks = Hooks(on_progress=report)
         result = run_stream(receiver, [stage], device=device, n_modes=args.modes, seed=args.seed, hooks=hooks)
     finally:
         receiver.close()

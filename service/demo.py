@@ -29,8 +29,9 @@ def submit_demo_job(settings: Settings, store: JobStore, *, iterations_after_sca
         input=StreamInput(stream=f"tcp://127.0.0.1:{free_port()}", idle_timeout_s=30),
         schedule=[StageSpec(engine=EngineName.RPIE, iterations=iterations_after_scan)],
         output=str(out / "result.h5"),
-        checkpoint=str(out / "checkpoint.h5"),
+        checkpoint=str(out / "checkpoint.npz"),
         preview_interval_s=settings.preview_interval_s,
+        save_interval_s=settings.save_interval_s,
     )
     return store.create(spec=spec, job_id=job_id)
 

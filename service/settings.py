@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(default=2.0, gt=0, description="How often the API checks running jobs' leases.")
     preview_interval_s: float = Field(default=0.5, gt=0, description="Least time between two published previews.")
+    save_interval_s: float = Field(
+        default=30.0, gt=0, description="A running job saves its checkpoint and partial result at least this often."
+    )
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 
 import redis
 
@@ -173,10 +174,12 @@ class JobStore:
             job_id = raw.decode()
             if self.r.exists(self.key("job", job_id, "lease")):
                 continue
-            checkpoint = self.spec(job_id).checkpoint
+            spec = self.spec(job_id)
             message = "worker lost: its lease expired without a heartbeat"
-            if checkpoint:
-                message += f"; partial state in checkpoint {checkpoint}"
+            if Path(spec.output).is_file():
+                message += f"; partial result kept ({spec.output})"
+            if spec.checkpoint and Path(spec.checkpoint).is_file():
+                message += f"; resumable checkpoint {spec.checkpoint}"
             try:
                 self.transition(job_id, to=JobState.FAILED, message=message)
             except TransitionError:

@@ -11,6 +11,7 @@ dx = lambda z / (M p) in the far field, p / magnification in the near field.
 from __future__ import annotations
 
 import bz2
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,12 @@ def write_result(
     time_s: np.ndarray,
     attrs: Mapping[str, Any],
 ) -> None:
-    """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes."""
-    with h5py.File(path, "w") as f:
+    """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes.
+
+    Atomic: written beside ``path`` and renamed over it, so a reader never sees half a file.
+    """
+    tmp = Path(f"{path}.tmp")
+    with h5py.File(tmp, "w") as f:
         f["object"] = state["object"].astype(np.complex64)
         f["probe"] = state["probe"].astype(np.complex64)
         f["positions"] = state["positions"].astype(np.float64)
@@ -240,6 +245,7 @@ def write_result(
         f["history/time_s"] = np.asarray(time_s, dtype=np.float64)
         for key, value in attrs.items():
             f.attrs[key] = value
+    os.replace(tmp, path)
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -95,3 +95,4 @@ class JobSpec(JobRequest):
     output: str
     checkpoint: str | None = None
     preview_interval_s: float = Field(default=0.5, gt=0)
+    save_interval_s: float = Field(default=30.0, gt=0, description="Checkpoint and partial result at least this often.")

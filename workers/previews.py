@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 import time
@@ -11,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
 from workers.data import ReconState
+from workers.images import KINDS, png
 
 
 @dataclass
@@ -33,15 +32,6 @@ class Preview:
 def _small(image: torch.Tensor, size: int) -> torch.Tensor:
     step = max(1, -(-max(image.shape[-2:]) // size))
     return image[..., ::step, ::step]
-
-
-def png(image: np.ndarray) -> bytes:
-    """8-bit greyscale PNG of ``image`` (H, W) scaled to its 1st-99th percentile."""
-    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
-    out = io.BytesIO()
-    Image.fromarray((scaled * 255).astype(np.uint8)).save(out, format="PNG")
-    return out.getvalue()
 
 
 class PreviewPublisher:
@@ -82,7 +72,7 @@ class PreviewPublisher:
 
     def _encode(self) -> None:
         while (preview := self._queue.get()) is not None:
-            preview.png = {k: png(getattr(preview, k)) for k in ("amplitude", "phase", "probe")}
+            preview.png = {k: png(getattr(preview, k)) for k in KINDS}
             self.on_preview(preview)
 
     def close(self) -> None:

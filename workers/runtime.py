@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.checkpoint import Checkpoint
+from workers.checkpoint import Autosave, Checkpoint, result_state
 from workers.data import ReconState, ScanData, probe_guess
 from workers.devices import resolve_device
 from workers.engines.base import Engine
@@ -25,6 +27,8 @@ from workers.job import FileInput, JobSpec
 from workers.previews import Preview, PreviewPublisher
 from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,16 @@ class Progress:
 
 
 @dataclass
+class Hooks:
+    """Where a run reports: progress per epoch, throttled previews, cancellation, periodic saving."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    previews: PreviewPublisher | None = None
+    should_stop: Callable[[], bool] | None = None
+    autosave: Autosave | None = None
+
+
+@dataclass
 class Result:
     """A finished (or stopped) schedule: the state's host copy, histories and attributes."""
 
@@ -77,6 +91,77 @@ def package_version() -> str:
         return "unknown"
 
 
+def schedule_name(schedule: Sequence[Stage]) -> str:
+    return ",".join(f"{s.engine.value}x{s.iterations}" for s in schedule)
+
+
+class RunRecord:
+    """One run's histories across its stages: runs epochs, reports each, saves what a resume needs.
+
+    ``frames`` gives the frames used so far (a stream's, in arrival order, with their frame
+    numbers) or None (a file job: the input file holds them, in frame order).
+    """
+
+    def __init__(
+        self, state: ReconState, hooks: Hooks, frames: Callable[[], tuple[ScanData, np.ndarray]] | None = None
+    ) -> None:
+        self.state, self.hooks, self.frames = state, hooks, frames
+        self.losses: list[float] = []
+        self.times: list[float] = []
+        self.done = 0
+        self.scheduled_done = 0
+        self.stopped = False
+        self.attrs: dict[str, Any] = {}
+
+    def stop_requested(self) -> bool:
+        self.stopped = self.stopped or bool(self.hooks.should_stop and self.hooks.should_stop())
+        return self.stopped
+
+    def epoch(self, k: int, engine: Engine, offset: float, total: int, *, scheduled: bool, force: bool) -> None:
+        """One epoch of ``engine`` (stage ``k``); ``scheduled``: it counts towards the schedule."""
+        loss = engine.iterate(1)[0]
+        self.done += 1
+        self.scheduled_done += int(scheduled)
+        self.losses.append(loss)
+        self.times.append(offset + engine.time_history[-1])
+        hooks = self.hooks
+        if hooks.on_progress is not None:
+            p = Progress(k, engine.name.value, self.done, total, loss, self.times[-1], engine.n_frames, not scheduled)
+            hooks.on_progress(p)
+        if hooks.previews is not None:
+            hooks.previews.offer(self.state, self.done, engine.n_frames, loss, force=force)
+        if hooks.autosave is not None:
+            hooks.autosave.maybe(self.checkpoint)
+
+    def checkpoint(self) -> Checkpoint:
+        """What a resume needs now (and the partial result is made of)."""
+        state = self.state.to_numpy()
+        scan, index = self.frames() if self.frames is not None else (None, np.arange(len(state["positions"])))
+        attrs = {**self.attrs, "iterations": self.done, "stopped": self.stopped}
+        return Checkpoint(
+            scan, index, state, np.asarray(self.losses), np.asarray(self.times), self.scheduled_done, attrs
+        )
+
+    @contextlib.contextmanager
+    def saved_on_failure(self) -> Iterator[None]:
+        """If the block raises, save the partial result and the checkpoint first, then let the error go on."""
+        try:
+            yield
+        except Exception as exc:
+            if self.hooks.autosave is not None:
+                self.attrs["failed"] = f"{type(exc).__name__}: {exc}"
+                try:
+                    self.hooks.autosave.now(self.checkpoint())
+                except Exception:  # the original error matters more than this one
+                    log.exception("could not save the partial result of a failed run")
+            raise
+
+    def result(self, attrs: Mapping[str, Any]) -> Result:
+        saved = self.checkpoint()
+        all_attrs = {**self.attrs, **attrs, "iterations": self.done, "stopped": self.stopped, "complete": True}
+        return Result(result_state(saved.state, saved.frame_index), saved.loss, saved.time_s, all_attrs)
+
+
 def run_schedule(
     data: ScanData,
     schedule: Sequence[Stage],
@@ -84,62 +169,63 @@ def run_schedule(
     device: torch.device,
     n_modes: int = 1,
     seed: int = 0,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    initial_state: Mapping[str, np.ndarray] | None = None,
+    hooks: Hooks | None = None,
+    resume: Checkpoint | None = None,
 ) -> Result:
     """Reconstruct ``data`` by running each stage's engine in turn on one shared state.
 
-    ``initial_state`` (object, probe, positions, origin as saved by a checkpoint) replaces
-    the fresh state once the frames are in, to resume a run.
-
-    Histories run across stages (times offset by the previous stages' wall time).
-    ``should_stop`` is polled between epochs; when it returns True the run ends early and
-    the partial result is returned with ``attrs["stopped"] = True``.
+    ``resume`` (a checkpoint of this scan) restores the state and histories and skips the
+    schedule epochs already done. Histories run across stages (times offset by the previous
+    stages' wall time). ``hooks.should_stop`` is polled between epochs; when it returns True the
+    run ends early and the partial result is returned with ``attrs["stopped"] = True``.
     """
     torch.manual_seed(seed)
     state = ReconState.initial(probe_guess(data, n_modes), device=device)
-    losses: list[float] = []
-    times: list[float] = []
-    total = sum(s.iterations for s in schedule)
-    done, stopped = 0, False
-    engine: Engine | None = None
+    frames = None
+    if resume is not None and resume.scan is not None:
+        stream = resume.scan, resume.frame_index
+        frames = lambda: stream  # noqa: E731  (a stream's frames, in arrival order)
+    run = RunRecord(state, hooks or Hooks(), frames)
+    run.attrs = _file_attrs(data, schedule, device)
+    skip = 0
+    if resume is not None:
+        run.losses, run.times = list(resume.loss), list(resume.time_s)
+        run.done = int(resume.attrs.get("iterations", resume.iterations_done))
+        run.scheduled_done = skip = resume.iterations_done
+    total = run.done - run.scheduled_done + sum(s.iterations for s in schedule)
     previous: Engine | None = None
-    for k, stage in enumerate(schedule):
-        offset = times[-1] if times else 0.0
-        engine = make_engine(stage.engine, state, data.geometry, stage.options, mask=data.mask, seed=seed + k)
-        if previous is None:
-            engine.add_frames(data.intensities, data.positions)
-            if initial_state is not None:
-                restore(state, initial_state)
-        else:
-            engine.adopt_frames(previous)
-        for _ in range(stage.iterations):
-            if should_stop is not None and should_stop():
-                stopped = True
+    with run.saved_on_failure():
+        for k, stage in enumerate(schedule):
+            engine = make_engine(stage.engine, state, data.geometry, stage.options, mask=data.mask, seed=seed + k)
+            if previous is None:
+                engine.add_frames(data.intensities, data.positions)
+                if resume is not None:
+                    restore(state, resume.state)
+            else:
+                engine.adopt_frames(previous)
+            previous = engine
+            offset = run.times[-1] if run.times else 0.0
+            iterations = max(stage.iterations - skip, 0)
+            skip = max(skip - stage.iterations, 0)
+            for _ in range(iterations):
+                if run.stop_requested():
+                    break
+                run.epoch(k, engine, offset, total, scheduled=True, force=run.done + 1 == total)
+            if run.stopped:
                 break
-            loss = engine.iterate(1)[0]
-            done += 1
-            losses.append(loss)
-            times.append(offset + engine.time_history[-1])
-            if on_progress is not None:
-                on_progress(Progress(k, stage.engine.value, done, total, loss, times[-1], engine.n_frames))
-        previous = engine
-        if stopped:
-            break
-    attrs = {
-        "engines": ",".join(f"{s.engine.value}x{s.iterations}" for s in schedule),
-        "iterations": done,
+    return run.result({"frames_used": previous.n_frames if previous else 0})
+
+
+def _file_attrs(data: ScanData, schedule: Sequence[Stage], device: torch.device) -> dict[str, Any]:
+    return {
+        "engines": schedule_name(schedule),
         "device": str(device),
         "pixel_size": data.geometry.pixel_size,
         "propagation": data.geometry.kind,
         "frames_received": data.n_frames,
-        "frames_used": engine.n_frames if engine else 0,
         "version": package_version(),
         "input_file": data.source,
-        "stopped": stopped,
     }
-    return Result(state.to_numpy(), np.asarray(losses), np.asarray(times), attrs)
 
 
 def restore(state: ReconState, saved: Mapping[str, np.ndarray]) -> None:
@@ -152,15 +238,6 @@ def restore(state: ReconState, saved: Mapping[str, np.ndarray]) -> None:
     state.origin = np.asarray(saved["origin"], dtype=np.float64).copy()
 
 
-@dataclass
-class StreamHooks:
-    """Where a streaming run reports: progress per epoch, throttled previews, cancellation."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    previews: PreviewPublisher | None = None
-    should_stop: Callable[[], bool] | None = None
-
-
 def run_stream(
     receiver: Receiver,
     schedule: Sequence[Stage],
@@ -168,20 +245,19 @@ def run_stream(
     device: torch.device,
     n_modes: int = 1,
     seed: int = 0,
-    hooks: StreamHooks | None = None,
-    checkpoint: str | Path | None = None,
+    hooks: Hooks | None = None,
     warmup_frames: int = 16,
 ) -> Result:
     """Reconstruct a live scan: the first stage's engine iterates (newest frames first) while
     frames arrive, then the whole ``schedule`` runs on all frames (``iterations`` after scan end).
 
-    Needs a started ``receiver``. The first epoch over the complete scan forces a preview;
-    ``checkpoint`` is written when the scan ends and when the run ends or stops.
+    Needs a started ``receiver``. The first epoch over the complete scan forces a preview, and
+    ``hooks.autosave`` saves when the scan ends as well as periodically.
     """
-    hooks = hooks or StreamHooks()
-    stop = hooks.should_stop or (lambda: False)
+    hooks = hooks or Hooks()
     torch.manual_seed(seed)
     buffer, asm = receiver.buffer, receiver.assembler
+    stop = hooks.should_stop or (lambda: False)
     while len(buffer) < warmup_frames and not receiver.done.is_set() and not stop():
         buffer.wait(0.05) if len(buffer) else receiver.done.wait(0.05)
     index, frames, corners = buffer.drain()
@@ -191,86 +267,67 @@ def run_stream(
     assert asm.start is not None
     first = ScanData(frames, corners, geometry, mask, asm.start.probe, receiver.endpoint)
     state = ReconState.initial(probe_guess(first, n_modes), device=device)
-    live = schedule[0].options.model_copy(update={"order": "newest-first"})
-    engine = make_engine(schedule[0].engine, state, geometry, live, mask=mask, seed=seed)
     seen = [(index, frames, corners)]
-    engine.add_frames(frames, corners)
-    losses: list[float] = []
-    times: list[float] = []
-    done = 0
 
-    def epoch(k: int, eng: Engine, offset: float, streaming: bool, force: bool) -> None:
-        nonlocal done
-        loss = eng.iterate(1)[0]
-        done += 1
-        losses.append(loss)
-        times.append(offset + eng.time_history[-1])
-        if hooks.on_progress is not None:
-            remaining = sum(s.iterations for s in schedule[k:]) if streaming else 0
-            p = Progress(k, eng.name.value, done, done + remaining, loss, times[-1], eng.n_frames, streaming)
-            hooks.on_progress(p)
-        if hooks.previews is not None:
-            hooks.previews.offer(state, done, eng.n_frames, loss, force=force)
+    def received() -> tuple[ScanData, np.ndarray]:
+        if len(seen) > 1:
+            seen[:] = [tuple(np.concatenate(parts) for parts in zip(*seen, strict=True))]  # type: ignore[misc]
+        order, intensities, positions = seen[0]
+        return ScanData(intensities, positions, geometry, mask), order
 
-    stopped = False
-    while not (receiver.done.is_set() and len(buffer) == 0):
-        if stop():
-            stopped = True
-            break
-        index, frames, corners = buffer.drain()
-        if len(index):
-            engine.add_frames(frames, corners)
-            seen.append((index, frames, corners))
-        epoch(0, engine, 0.0, True, False)
-
-    order = np.concatenate([s[0] for s in seen])
-    scan = ScanData(np.concatenate([s[1] for s in seen]), np.concatenate([s[2] for s in seen]), geometry, mask)
-
-    def save(iterations_done: int) -> None:
-        if checkpoint is not None:
-            attrs = {"stopped": stopped, "counters": asm.counters.as_dict()}
-            Checkpoint(
-                scan, order, state.to_numpy(), np.asarray(losses), np.asarray(times), iterations_done, attrs
-            ).save(checkpoint)
-
-    save(0)
-    previous, after = engine, 0
-    for k, stage in enumerate(schedule):
-        if stopped:
-            break
-        offset = times[-1] if times else 0.0
-        engine = make_engine(stage.engine, state, geometry, stage.options, mask=mask, seed=seed + k)
-        engine.adopt_frames(previous)
-        for _ in range(stage.iterations):
-            if stop():
-                stopped = True
-                break
-            epoch(k, engine, offset, False, after == 0)
-            after += 1
-        previous = engine
-    save(after)
-    counters = asm.counters.as_dict()
-    result_state = state.to_numpy()
-    result_state["positions"] = result_state["positions"][np.argsort(order, kind="stable")]
-    attrs = {
-        "engines": ",".join(f"{s.engine.value}x{s.iterations}" for s in schedule),
-        "iterations": done,
-        "iterations_after_scan": after,
+    run = RunRecord(state, hooks, received)
+    run.attrs = {
+        "engines": schedule_name(schedule),
         "device": str(device),
         "pixel_size": geometry.pixel_size,
         "propagation": geometry.kind,
+        "version": package_version(),
+        "input_stream": receiver.endpoint,
+        "counters": json.dumps(asm.counters.as_dict()),
+    }
+    live = schedule[0].options.model_copy(update={"order": "newest-first"})
+    engine = make_engine(schedule[0].engine, state, geometry, live, mask=mask, seed=seed)
+    engine.add_frames(frames, corners)
+    after_scan = sum(s.iterations for s in schedule)
+    with run.saved_on_failure():
+        while not (receiver.done.is_set() and len(buffer) == 0):
+            if run.stop_requested():
+                break
+            index, frames, corners = buffer.drain()
+            if len(index):
+                engine.add_frames(frames, corners)
+                seen.append((index, frames, corners))
+            run.epoch(0, engine, 0.0, run.done + 1 + after_scan, scheduled=False, force=False)
+
+        run.attrs["counters"] = json.dumps(asm.counters.as_dict())
+        if hooks.autosave is not None:
+            hooks.autosave.now(run.checkpoint())
+        previous, total = engine, run.done + after_scan
+        for k, stage in enumerate(schedule):
+            if run.stopped:
+                break
+            offset = run.times[-1] if run.times else 0.0
+            engine = make_engine(stage.engine, state, geometry, stage.options, mask=mask, seed=seed + k)
+            engine.adopt_frames(previous)
+            previous = engine
+            for _ in range(stage.iterations):
+                if run.stop_requested():
+                    break
+                run.epoch(k, engine, offset, total, scheduled=True, force=run.scheduled_done == 0)
+    attrs = stream_accounting(asm.counters.as_dict())
+    return run.result(attrs | {"iterations_after_scan": run.scheduled_done, "frame_index": np.sort(received()[1])})
+
+
+def stream_accounting(counters: Mapping[str, Any]) -> dict[str, Any]:
+    """The result attributes of a stream's frame accounting (``Counters.as_dict``)."""
+    return {
         "frames_received": counters["received"],
         "frames_rejected": counters["frames_rejected"],
         "frames_rejected_by_reason": json.dumps(counters["rejected"]),
         "frames_missing": counters["missing"],
         "frames_duplicate": counters["duplicates"],
-        "frames_used": engine.n_frames,
-        "frame_index": np.sort(order),
-        "version": package_version(),
-        "input_stream": receiver.endpoint,
-        "stopped": stopped,
+        "frames_used": counters["received"],
     }
-    return Result(result_state, np.asarray(losses), np.asarray(times), attrs)
 
 
 def run_job(
@@ -283,20 +340,21 @@ def run_job(
 ) -> Result:
     """Run a job (file or stream input) to its result file; resumes from ``job.checkpoint`` if it exists.
 
-    ``on_listening`` is called once a stream job's receiver is bound (its endpoint is known).
+    While it runs, the checkpoint and a partial result (``complete`` False) are saved every
+    ``job.save_interval_s``; if the run fails, the partial result is saved before the error
+    propagates. ``on_listening`` is called once a stream job's receiver is bound.
     """
     device = resolve_device(job.device)
     schedule = [Stage.parse(s.engine, s.iterations, s.options) for s in job.schedule]
-    should_stop = cancel.is_set if cancel is not None else None
     previews = PreviewPublisher(on_preview, job.preview_interval_s) if on_preview is not None else None
+    autosave = Autosave(job.output, job.checkpoint, job.save_interval_s)
+    hooks = Hooks(on_progress, previews, cancel.is_set if cancel is not None else None, autosave)
     try:
         if job.checkpoint and Path(job.checkpoint).exists():
-            result = _resume(Checkpoint.load(job.checkpoint), schedule, device, job, on_progress, should_stop)
+            result = _resume(Checkpoint.load(job.checkpoint), schedule, device, job, hooks)
         elif isinstance(job.input, FileInput):
             data = load_scan(job.input.file)
-            result = run_schedule(
-                data, schedule, device=device, seed=job.seed, on_progress=on_progress, should_stop=should_stop
-            )
+            result = run_schedule(data, schedule, device=device, seed=job.seed, hooks=hooks)
         else:
             receiver = Receiver(
                 job.input.stream,
@@ -307,10 +365,7 @@ def run_job(
             try:
                 if on_listening is not None:
                     on_listening(receiver)
-                hooks = StreamHooks(on_progress, previews, should_stop)
-                result = run_stream(
-                    receiver, schedule, device=device, seed=job.seed, hooks=hooks, checkpoint=job.checkpoint
-                )
+                result = run_stream(receiver, schedule, device=device, seed=job.seed, hooks=hooks)
             finally:
                 receiver.close()
     finally:
@@ -320,32 +375,20 @@ def run_job(
     return result
 
 
-def _resume(
-    saved: Checkpoint,
-    schedule: Sequence[Stage],
-    device: torch.device,
-    job: JobSpec,
-    on_progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> Result:
-    """Continue a checkpointed run: the schedule's remaining epochs on the saved frames and state."""
-    skip, remaining = saved.iterations_done, []
-    for stage in schedule:
-        left = max(stage.iterations - skip, 0)
-        skip = max(skip - stage.iterations, 0)
-        remaining.append(Stage(stage.engine, left, stage.options))
-    result = run_schedule(
-        saved.scan,
-        remaining,
-        device=device,
-        seed=job.seed,
-        on_progress=on_progress,
-        should_stop=should_stop,
-        initial_state=saved.state,
-    )
-    offset = saved.time_s[-1] if len(saved.time_s) else 0.0
-    result.loss = np.concatenate([saved.loss, result.loss])
-    result.time_s = np.concatenate([saved.time_s, offset + result.time_s])
-    result.state["positions"] = result.state["positions"][np.argsort(saved.frame_index, kind="stable")]
-    result.attrs.update(resumed_from=str(job.checkpoint), frame_index=np.sort(saved.frame_index))
+def _resume(saved: Checkpoint, schedule: Sequence[Stage], device: torch.device, job: JobSpec, hooks: Hooks) -> Result:
+    """Continue a checkpointed run: the schedule's remaining epochs on the saved frames (a stream's) or
+    the input file (a file job's), from the saved state and histories."""
+    if saved.scan is not None:
+        scan = saved.scan
+    elif isinstance(job.input, FileInput):
+        scan = load_scan(job.input.file)
+    else:
+        raise DataError(f"{job.checkpoint}: a stream checkpoint without its frames cannot be resumed")
+    result = run_schedule(scan, schedule, device=device, seed=job.seed, hooks=hooks, resume=saved)
+    kept = {k: v for k, v in saved.attrs.items() if k not in ("iterations", "stopped", "counters", "failed")}
+    result.attrs.update(kept, resumed_from=str(job.checkpoint), frame_index=np.sort(saved.frame_index))
+    if "counters" in saved.attrs:
+        result.attrs.update(stream_accounting(json.loads(saved.attrs["counters"])))
+        result.attrs["input_stream"] = saved.attrs.get("input_stream", "")
+        result.attrs.pop("input_file", None)
     return result

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
+import h5py
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
@@ -16,6 +17,7 @@ from service.deps import Authorized, SettingsDep, StoreDep
 from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsPublic, Logs, job_public
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
+from workers.images import png, views
 from workers.job import FileInput, JobSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -54,8 +56,9 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep) -> Jo
         **request.model_dump(exclude={"input"}),
         input=job_input,
         output=str(out / "result.h5"),
-        checkpoint=str(out / "checkpoint.h5"),
+        checkpoint=str(out / "checkpoint.npz"),
         preview_interval_s=settings.preview_interval_s,
+        save_interval_s=settings.save_interval_s,
     )
     store.create(spec=spec, job_id=job_id)
     return JobCreated(id=job_id)
@@ -133,12 +136,28 @@ def get_preview(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], sto
     responses={200: {"content": {"application/x-hdf5": {}}}, 404: NOT_FOUND[404], 409: {"description": "Not done"}},
 )
 def get_result(job_id: JobId, store: StoreDep) -> FileResponse:
-    """The result HDF5 (also a cancelled job's partial result)."""
-    raw = store.get(job_id)
+    """The result HDF5; a cancelled or failed job's partial result (its ``complete`` attribute is false)."""
+    return FileResponse(result_file(store, job_id), media_type="application/x-hdf5", filename=f"{job_id}.h5")
+
+
+def result_file(store: JobStore, job_id: str) -> FsPath:
+    """The result file of a finished job; 409 while it runs or when it left none."""
+    state = store.get(job_id)["state"]
     path = FsPath(store.spec(job_id).output)
-    if raw["state"] not in (JobState.SUCCEEDED, JobState.CANCELLED) or not path.is_file():
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {raw['state']}: no result file")
-    return FileResponse(path, media_type="application/x-hdf5", filename=f"{job_id}.h5")
+    if state not in TERMINAL or not path.is_file():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state}: no result file")
+    return path
+
+
+@router.get(
+    "/{job_id}/result/{kind}.png",
+    responses={200: {"content": {"image/png": {}}}, 404: NOT_FOUND[404], 409: {"description": "No result file"}},
+)
+def get_result_image(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep) -> Response:
+    """The result at full resolution as a PNG: object amplitude or phase, or the probe's (first mode) amplitude."""
+    with h5py.File(result_file(store, job_id), "r") as f:
+        image = views(f["object"][()], f["probe"][()])[kind]
+    return Response(png(image), media_type="image/png")
 
 
 @router.post("/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=NOT_FOUND)

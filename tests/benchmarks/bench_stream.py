@@ -27,7 +27,7 @@ import zmq
 
 from workers.metrics import truth_metrics
 from workers.previews import Preview, PreviewPublisher
-from workers.runtime import Stage, StreamHooks, run_schedule, run_stream
+from workers.runtime import Hooks, Stage, run_schedule, run_stream
 from workers.simulate import simulate
 from workers.stream import codecs
 from workers.stream import protocol as p
@@ -107,9 +107,7 @@ def latency(positions: int, probe: int) -> dict[str, float]:
     report: list = []
     thread = threading.Thread(target=lambda: report.append(replay(data, receiver.endpoint, rate_hz=200)))
     thread.start()
-    live = run_stream(
-        receiver, [Stage.parse("epie", 100)], device=torch.device("cpu"), hooks=StreamHooks(previews=publisher)
-    )
+    live = run_stream(receiver, [Stage.parse("epie", 100)], device=torch.device("cpu"), hooks=Hooks(previews=publisher))
     publisher.close()
     thread.join()
     receiver.close()

@@ -44,6 +44,7 @@ def settings(tmp_path: Path, redis_server: str) -> Iterator[Settings]:
         lease_s=2.0,
         reaper_interval_s=0.25,
         preview_interval_s=0.2,
+        save_interval_s=0.2,
     )
     client = redis.Redis.from_url(redis_server)
     keys = list(client.scan_iter(match=prefix + "*"))

@@ -44,6 +44,10 @@ def test_submit_runs_to_succeeded_with_a_result(client: TestClient, worker: None
     assert r.status_code == 200
     with h5py.File(io.BytesIO(r.content)) as f:
         assert f["object"].dtype.name == "complex64" and len(f["history/loss"]) == 5
+    for kind in ("amplitude", "phase", "probe"):
+        for url in (f"/api/jobs/{job_id}/result/{kind}.png", f"/api/jobs/{job_id}/preview/{kind}.png"):
+            image = client.get(url)
+            assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), url
     lines = client.get(f"/api/jobs/{job_id}/logs").json()["lines"]
     assert any("queued -> running" in x for x in lines) and any("running -> succeeded" in x for x in lines)
     wait_for(lambda: flow_run_state(job_id) == "COMPLETED", 20, "Prefect to record the completion")

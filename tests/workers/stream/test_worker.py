@@ -17,7 +17,7 @@ from workers.io import write_cxi
 from workers.job import JobSpec
 from workers.metrics import truth_metrics
 from workers.previews import Preview, PreviewPublisher
-from workers.runtime import Progress, Stage, StreamHooks, run_job, run_schedule, run_stream
+from workers.runtime import Hooks, Progress, Stage, run_job, run_schedule, run_stream
 from workers.stream.detector import replay
 from workers.stream.receiver import Receiver
 
@@ -38,7 +38,7 @@ def test_streamed_reconstruction_is_as_good_as_offline(small_scan: ScanData) -> 
     sender.start()
     try:
         publisher = PreviewPublisher(previews.append, interval_s=0.3)
-        live = run_stream(receiver, schedule, device=CPU, hooks=StreamHooks(previews=publisher))
+        live = run_stream(receiver, schedule, device=CPU, hooks=Hooks(previews=publisher))
         publisher.close()
     finally:
         sender.join()
@@ -88,8 +88,9 @@ def test_stream_job_stops_on_cancel_and_resumes_from_its_checkpoint(small_scan: 
     assert first.attrs["stopped"] and first.attrs["iterations_after_scan"] == 3
     assert (tmp_path / "ckpt.npz").exists() and (tmp_path / "out.h5").exists()
     second = run_job(job)  # the checkpoint exists: resume, no stream needed
-    assert not second.attrs["stopped"] and second.attrs["iterations"] == 5
-    assert len(second.loss) == len(first.loss) + 5
+    assert not second.attrs["stopped"] and second.attrs["complete"]
+    assert second.attrs["iterations"] == first.attrs["iterations"] + 5 == len(second.loss) == len(first.loss) + 5
+    assert second.attrs["frames_received"] == 40 and second.attrs["input_stream"]
     with h5py.File(tmp_path / "out.h5") as f:
         assert f["positions"].shape == (40, 2) and f.attrs["resumed_from"] == str(tmp_path / "ckpt.npz")
 
@@ -151,3 +152,58 @@ def test_reconstruct_listen_crops_frames(small_scan: ScanData, tmp_path: Path, c
     assert summary["frames_received"] == 30 and summary["frames_missing"] == 0
     with h5py.File(out) as f:
         assert f["probe"].shape[-2:] == (48, 48)
+
+
+def test_a_failing_file_job_keeps_its_partial_result_and_resumes(small_scan: ScanData, tmp_path: Path) -> None:
+    """An error mid-run (here raised by a progress hook) saves the partial result and the checkpoint before it
+    propagates; running the job again resumes from the checkpoint and completes the schedule."""
+    write_cxi(tmp_path / "scan.cxi", small_scan.subset(slice(0, 30)), small_scan.truth)
+    job = JobSpec.model_validate(
+        {
+            "input": {"file": str(tmp_path / "scan.cxi")},
+            "schedule": [{"engine": "epie", "iterations": 4}, {"engine": "rpie", "iterations": 4}],
+            "device": "cpu",
+            "output": str(tmp_path / "out.h5"),
+            "checkpoint": str(tmp_path / "ckpt.npz"),
+            "save_interval_s": 1000,
+        }
+    )
+
+    def crash(p: Progress) -> None:
+        if p.iteration == 5:
+            raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_job(job, on_progress=crash)
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert not f.attrs["complete"] and "device lost" in f.attrs["failed"] and len(f["history/loss"]) == 5
+        partial = f["object"][()]
+    resumed = run_job(job)
+    assert resumed.attrs["complete"] and resumed.attrs["iterations"] == 8 and len(resumed.loss) == 8
+    assert resumed.attrs["resumed_from"] == str(tmp_path / "ckpt.npz") and "failed" not in resumed.attrs
+    assert not np.array_equal(resumed.state["object"], partial)
+
+
+def test_a_running_file_job_saves_periodically(small_scan: ScanData, tmp_path: Path) -> None:
+    """With a short save interval the checkpoint and the partial result exist while the job still runs."""
+    write_cxi(tmp_path / "scan.cxi", small_scan.subset(slice(0, 20)), small_scan.truth)
+    job = JobSpec.model_validate(
+        {
+            "input": {"file": str(tmp_path / "scan.cxi")},
+            "schedule": [{"engine": "epie", "iterations": 6}],
+            "device": "cpu",
+            "output": str(tmp_path / "out.h5"),
+            "checkpoint": str(tmp_path / "ckpt.npz"),
+            "save_interval_s": 1e-6,
+        }
+    )
+    seen: list[tuple[bool, int]] = []
+
+    def look(p: Progress) -> None:
+        if p.iteration == 3:
+            with h5py.File(tmp_path / "out.h5") as f:
+                seen.append((bool(f.attrs["complete"]), len(f["history/loss"])))
+
+    result = run_job(job, on_progress=look)
+    assert seen == [(False, 2)], "the save after epoch 2 is there while epoch 3 reports"
+    assert result.attrs["complete"] and (tmp_path / "ckpt.npz").exists()
