@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.cache import TTLCache
 from service.routes import dashboard, health, jobs
 from service.settings import Settings
 from service.store import JobNotFound, JobStore, TransitionError
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.store = settings, store
+    app.state.replies = TTLCache[bytes | None](settings.reply_cache_s)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)

@@ -1,4 +1,4 @@
-"""FastAPI dependencies as named types: the settings, the store, the bearer-token check."""
+"""FastAPI dependencies as named types: the settings, the store, the reply cache, the bearer-token check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.cache import TTLCache
 from service.settings import Settings
 from service.store import JobStore
 
@@ -24,8 +25,14 @@ def get_store(request: Request) -> JobStore:
     return store
 
 
+def get_replies(request: Request) -> TTLCache[bytes | None]:
+    replies: TTLCache[bytes | None] = request.app.state.replies
+    return replies
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+RepliesDep = Annotated[TTLCache[bytes | None], Depends(get_replies)]
 
 
 def require_token(

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(default=2.0, gt=0, description="How often the API checks running jobs' leases.")
     preview_interval_s: float = Field(default=0.5, gt=0, description="Least time between two published previews.")
+    reply_cache_s: float = Field(
+        default=0.25, ge=0, description="Status, list, preview and health replies are reused this long (0: never)."
+    )
     save_interval_s: float = Field(
         default=30.0, gt=0, description="A running job saves its checkpoint and partial result at least this often."
     )

@@ -3,7 +3,8 @@
 Keys (all under the configured prefix): ``job:{id}`` hash (state, spec, progress), ``job:{id}:loss`` list,
 ``job:{id}:logs`` list, ``job:{id}:preview:{kind}`` PNG bytes, ``job:{id}:lease`` (expires unless a worker
 renews it), ``job:{id}:cancel`` flag, ``state:{state}`` sets, ``jobs`` zset by creation time, ``queue``
-list of queued ids. Every change is published on the ``job:{id}:events`` channel as JSON.
+list of queued ids, ``worker:{name}`` (expires) and the ``workers`` zset of their expiry times.
+Every change is published on the ``job:{id}:events`` channel as JSON.
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ class JobStore:
         if not raw:
             raise JobNotFound(job_id)
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def get_many(self, job_ids: list[str]) -> list[dict[str, str]]:
+        """The jobs ``job_ids`` in one round trip (ids that no longer exist are left out)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.key("job", job_id))
+        return [{k.decode(): v.decode() for k, v in raw.items()} for raw in pipe.execute() if raw]
 
     def spec(self, job_id: str) -> JobSpec:
         return JobSpec.model_validate_json(self.get(job_id)["spec"])
@@ -241,11 +249,19 @@ class JobStore:
 
     def announce(self, name: str, info: Mapping[str, str], *, ttl_s: float) -> None:
         """A worker says it is alive (and what it runs on); forgotten after ``ttl_s`` without a repeat."""
-        self.r.set(self.key("worker", name), json.dumps({"name": name, **info}), px=int(ttl_s * 1000))
+        pipe = self.r.pipeline()
+        pipe.set(self.key("worker", name), json.dumps({"name": name, **info}), px=int(ttl_s * 1000))
+        pipe.zadd(self.key("workers"), {name: time.time() + ttl_s})
+        pipe.execute()
 
     def workers(self) -> list[dict[str, str]]:
-        keys = sorted(self.r.scan_iter(match=self.key("worker", "*")))
-        return [json.loads(v) for v in self.r.mget(keys) if v is not None] if keys else []
+        """Live workers, by name (the ``workers`` zset holds each one's expiry time)."""
+        index = self.key("workers")
+        self.r.zremrangebyscore(index, "-inf", time.time())
+        names = sorted(n.decode() for n in self.r.zrange(index, 0, -1))
+        if not names:
+            return []
+        return [json.loads(v) for v in self.r.mget([self.key("worker", n) for n in names]) if v is not None]
 
     def queue_depth(self) -> int:
         return int(self.r.llen(self.key("queue")))

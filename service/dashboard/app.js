@@ -7,6 +7,10 @@ let pinned = false;    // true once the operator clicked a job
 let source = null;     // EventSource of the selected job
 let losses = [];
 
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 function fmt(x, digits = 4) {
   return x === null || x === undefined || x === "" ? "—" : Number(x).toPrecision(digits);
 }
@@ -83,11 +87,12 @@ async function poll() {
     $("health").textContent = `redis ${health.redis ? "ok" : "down"} · queue ${health.queue_depth} · workers ${health.workers.length}`;
     $("health").className = `health ${health.status === "ok" ? "ok" : "bad"}`;
     $("workers").innerHTML = health.workers
-      .map((w) => `<li>${w.name} — ${w.device}${w.job ? ` — job ${w.job}` : " — idle"}</li>`).join("");
+      .map((w) => `<li>${esc(w.name)} — ${esc(w.device)}${w.job ? ` — job ${esc(w.job)}` : " — idle"}</li>`).join("");
     const jobs = (await getJSON("/api/jobs?limit=50")).data;
     $("jobs").innerHTML = jobs.map((j) =>
-      `<tr data-id="${j.id}" class="${j.id === selected ? "selected" : ""}"><td>${j.id}</td>` +
-      `<td class="state ${j.state}">${j.state}</td><td>${j.progress.iteration}</td><td>${fmt(j.progress.loss, 3)}</td></tr>`
+      `<tr data-id="${esc(j.id)}" class="${j.id === selected ? "selected" : ""}"><td>${esc(j.id)}</td>` +
+      `<td class="state ${esc(j.state)}">${esc(j.state)}</td><td>${j.progress.iteration}</td>` +
+      `<td>${fmt(j.progress.loss, 3)}</td></tr>`
     ).join("");
     const running = jobs.find((j) => j.state === "running");
     const target = pinned ? selected : (running || jobs[0] || {}).id;

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.deps import StoreDep
+from service.deps import RepliesDep, StoreDep
 from service.schemas import Health, WorkerPublic
 from service.store import JobState, JobStore
 
@@ -46,14 +46,18 @@ def registry_for(store: JobStore) -> CollectorRegistry:
 
 
 @router.get("/api/health", response_model=Health)
-def health(store: StoreDep) -> Health:
+async def health(store: StoreDep, replies: RepliesDep) -> Response:
     """Redis reachable, queue depth, live workers and their devices."""
-    try:
-        store.r.ping()
-    except redis.RedisError:
-        return Health(status="degraded", redis=False, queue_depth=0, workers=[])
-    workers = [WorkerPublic.model_validate(w) for w in store.workers()]
-    return Health(status="ok", redis=True, queue_depth=store.queue_depth(), workers=workers)
+
+    def compute() -> bytes:
+        try:
+            workers = [WorkerPublic.model_validate(w) for w in store.workers()]
+            reply = Health(status="ok", redis=True, queue_depth=store.queue_depth(), workers=workers)
+        except redis.RedisError:
+            reply = Health(status="degraded", redis=False, queue_depth=0, workers=[])
+        return reply.model_dump_json().encode()
+
+    return Response(replies.get(("health",), compute), media_type="application/json")
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

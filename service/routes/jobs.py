@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
-from service.deps import Authorized, SettingsDep, StoreDep
+from service.deps import Authorized, RepliesDep, SettingsDep, StoreDep
 from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsPublic, Logs, job_public
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
@@ -37,7 +37,7 @@ def resolve_input(settings: Settings, relative: str, field: str = "input.file") 
 
 
 @router.post("", status_code=201, response_model=JobCreated, dependencies=[Authorized])
-def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep) -> JobCreated:
+def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, replies: RepliesDep) -> JobCreated:
     """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device."""
     job_input = request.input
     if isinstance(job_input, FileInput):
@@ -61,24 +61,34 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep) -> Jo
         save_interval_s=settings.save_interval_s,
     )
     store.create(spec=spec, job_id=job_id)
+    replies.clear()
     return JobCreated(id=job_id)
 
 
+def json_reply(body: bytes | None) -> Response:
+    return Response(body, media_type="application/json")
+
+
 @router.get("", response_model=JobsPublic)
-def list_jobs(
-    store: StoreDep, state: JobState | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> JobsPublic:
+async def list_jobs(
+    store: StoreDep,
+    replies: RepliesDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
     """Jobs, newest first (only those in ``state`` if given)."""
-    jobs = []
-    for job_id in store.ids(state=state, limit=limit):
-        jobs.append(job_public(store.get(job_id)))
-    return JobsPublic(data=jobs, count=len(jobs))
+
+    def compute() -> bytes:
+        jobs = [job_public(raw) for raw in store.get_many(store.ids(state=state, limit=limit))]
+        return JobsPublic(data=jobs, count=len(jobs)).model_dump_json().encode()
+
+    return json_reply(replies.get(("jobs", state, limit), compute))
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def get_job(job_id: JobId, store: StoreDep) -> JobPublic:
-    """State and progress: iteration, loss, frames received/used, rates, ETA."""
-    return job_public(store.get(job_id))
+async def get_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> Response:
+    """State and progress: iteration, loss, frames received/used, rates, ETA (at most ``reply_cache_s`` old)."""
+    return json_reply(replies.get(("job", job_id), lambda: job_public(store.get(job_id)).model_dump_json().encode()))
 
 
 @router.get("/{job_id}/loss", response_model=list[float], responses=NOT_FOUND)
@@ -122,10 +132,16 @@ async def job_events(job_id: JobId, request: Request, store: StoreDep) -> EventS
     "/{job_id}/preview/{kind}.png",
     responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such job or no preview yet"}},
 )
-def get_preview(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep) -> Response:
+async def get_preview(
+    job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep, replies: RepliesDep
+) -> Response:
     """The latest preview image of the object amplitude, phase or the probe amplitude."""
-    store.get(job_id)
-    data = store.preview(job_id, kind)
+
+    def compute() -> bytes | None:
+        store.get(job_id)
+        return store.preview(job_id, kind)
+
+    data = replies.get(("preview", job_id, kind), compute)
     if data is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no {kind} preview yet")
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
@@ -161,9 +177,10 @@ def get_result_image(job_id: JobId, kind: Literal["amplitude", "phase", "probe"]
 
 
 @router.post("/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=NOT_FOUND)
-def cancel_job(job_id: JobId, store: StoreDep) -> CancelReply:
+def cancel_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> CancelReply:
     """Cancel a queued job, or ask a running job's worker to stop (it writes a partial result)."""
     previous = store.request_cancel(job_id)
+    replies.clear()
     detail = "cancelled" if previous == JobState.QUEUED else "the worker stops after the current iteration"
     return CancelReply(id=job_id, previous_state=previous, detail=detail)
 
