@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -30,18 +31,24 @@ class Preview:
 
 
 def _small(image: torch.Tensor, size: int) -> torch.Tensor:
-    step = max(1, -(-max(image.shape[-2:]) // size))
-    return image[..., ::step, ::step]
+    """``image`` (H, W), complex or real, averaged over k x k blocks so that it is at most ``size`` px (k >= 1)."""
+    k = -(-max(image.shape[-2:]) // size)
+    if k <= 1:
+        return image
+    parts = torch.view_as_real(image).permute(2, 0, 1) if image.is_complex() else image[None]
+    pooled = torch.nn.functional.avg_pool2d(parts[None], k, ceil_mode=True)[0]
+    return torch.complex(pooled[0], pooled[1]) if image.is_complex() else pooled[0]
 
 
 class PreviewPublisher:
     """``offer`` after each epoch: at most one preview per ``interval_s`` (or when forced).
 
-    The engine thread only takes a strided host copy; a background thread encodes the PNGs
-    and calls ``on_preview``. ``close`` publishes what is queued and joins the thread.
+    The engine thread only takes a block-averaged host copy (at most ``size`` px); a background
+    thread encodes the PNGs and calls ``on_preview``. A forced preview is never dropped (it
+    replaces the oldest waiting one). ``close`` publishes what is queued and joins the thread.
     """
 
-    def __init__(self, on_preview: Callable[[Preview], None], interval_s: float = 0.5, size: int = 128) -> None:
+    def __init__(self, on_preview: Callable[[Preview], None], interval_s: float = 0.5, size: int = 256) -> None:
         self.on_preview, self.interval_s, self.size = on_preview, interval_s, size
         self._last = -float("inf")
         self._queue: queue.Queue[Preview | None] = queue.Queue(maxsize=2)
@@ -67,7 +74,11 @@ class PreviewPublisher:
         try:
             self._queue.put_nowait(preview)
         except queue.Full:
-            return False
+            if not force:
+                return False
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
+            self._queue.put(preview)
         return True
 
     def _encode(self) -> None:

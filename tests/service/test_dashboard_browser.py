@@ -40,8 +40,8 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             url = f"http://127.0.0.1:{port}/"
-            wait_for(lambda: _opens(page, url), 60, "the dashboard to answer")
-            page.wait_for_function("document.getElementById('job-state').textContent === 'running'", timeout=60_000)
+            wait_for(lambda: _opens(page, url), 120, "the dashboard to answer")
+            page.wait_for_function("document.getElementById('job-state').textContent === 'running'", timeout=120_000)
             page.wait_for_function("document.getElementById('img-amplitude').naturalWidth > 0", timeout=60_000)
             first = page.get_attribute("#img-amplitude", "src")
             page.wait_for_function(
