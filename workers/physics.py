@@ -84,21 +84,35 @@ def fourier_shift(u: Tensor, shift: Tensor) -> Tensor:
     return torch.fft.ifft2(torch.fft.fft2(u) * ramp)
 
 
-def patches(obj: Tensor, corner: Tensor, frac: Tensor | None, size: int, pad: int) -> Tensor:
-    """S_r: object patches (BATCH, M, M) at positions ``corner + frac``; ``frac=None``: integer only."""
+def patch_ramp(frac: Tensor, size: int, pad: int) -> Tensor:
+    """The sub-pixel multiplier (BATCH, M + 2 pad, M + 2 pad) of ``patches``; pass it as ``ramp`` to reuse it."""
+    return shift_ramp(-frac, size + 2 * pad)
+
+
+def patches(
+    obj: Tensor, corner: Tensor, frac: Tensor | None, size: int, pad: int, ramp: Tensor | None = None
+) -> Tensor:
+    """S_r: object patches (BATCH, M, M) at positions ``corner + frac``; ``frac=None``: integer only.
+
+    ``ramp``: ``patch_ramp(frac, size, pad)`` when already computed.
+    """
     if frac is None:
         return extract(obj, corner, size)
     big = extract(obj, corner - pad, size + 2 * pad)
-    big = fourier_shift(big, -frac)
+    ramp = patch_ramp(frac, size, pad) if ramp is None else ramp
+    big = torch.fft.ifft2(torch.fft.fft2(big) * ramp)
     return big[..., pad : pad + size, pad : pad + size]
 
 
-def patches_adjoint(values: Tensor, corner: Tensor, frac: Tensor | None, shape: tuple[int, int], pad: int) -> Tensor:
-    """S_r*: add patches ``values`` (BATCH, M, M) back into an object of ``shape`` (H, W)."""
+def patches_adjoint(
+    values: Tensor, corner: Tensor, frac: Tensor | None, shape: tuple[int, int], pad: int, ramp: Tensor | None = None
+) -> Tensor:
+    """S_r*: add patches ``values`` (BATCH, M, M) into an object of ``shape`` (H, W); ``ramp`` as in ``patches``."""
     if frac is None:
         return extract_adjoint(values, corner, shape)
     big = torch.nn.functional.pad(values, (pad, pad, pad, pad))
-    big = fourier_shift(big, frac)
+    ramp = patch_ramp(frac, values.shape[-1], pad) if ramp is None else ramp
+    big = torch.fft.ifft2(torch.fft.fft2(big) * ramp.conj())
     return extract_adjoint(big, corner - pad, shape)
 
 

@@ -108,6 +108,21 @@ def test_gradient_hessian_and_operator_match_autograd(kind: str) -> None:
     assert float(f.hessian_operator(lin, s1).dot(s2)) == pytest.approx(h12, rel=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["far", "near"])
+def test_advance_carries_the_model_and_the_tangent_exactly(kind: str) -> None:
+    """With positions fixed, the model and D dM(s) at x + alpha s follow from x's (bilinear model)."""
+    f, x, (s, _) = _problem(kind, "gaussian")
+    s = Joint(s.obj, s.probe, torch.zeros_like(s.pos))
+    lin = f.linearize(x, shifts=False)
+    model, t = f.advance(lin, s, f.tangent(lin, s), 0.7)
+    moved = Joint(x.obj + 0.7 * s.obj, x.probe + 0.7 * s.probe, x.pos)
+    fresh = f.linearize(moved, shifts=False)
+    torch.testing.assert_close(model.patches, fresh.patches, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.far, fresh.far, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(t.far, f.tangent(fresh, s).far, rtol=1e-12, atol=1e-12)
+    assert float(f.linearize(moved, shifts=False, model=model).value) == pytest.approx(float(fresh.value), rel=1e-12)
+
+
 def _real(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.real((a * b.conj()).sum())
 
@@ -124,6 +139,17 @@ def test_bh_cg_decreases_monotonically_on_noise_free_data() -> None:
     losses = _engine("bh-cg", data).iterate(40)
     assert all(b <= a for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_bh_cg_notices_a_state_changed_between_iterations() -> None:
+    """The carried model is dropped when another stage (or the user) edits the state in place."""
+    data = simulate(probe_size=32, n_positions=25, overlap=0.7, photons=float("inf"), seed=4)
+    engine = _engine("bh-cg", data)
+    engine.iterate(3)
+    engine.state.object.mul_(0.9)
+    fresh = _engine("bh-cg", data)
+    fresh.state.object, fresh.state.probe = engine.state.object.clone(), engine.state.probe.clone()
+    assert engine.iterate(1)[0] == pytest.approx(fresh.iterate(1)[0], rel=1e-5)
 
 
 def test_position_refinement_recovers_injected_errors() -> None:
