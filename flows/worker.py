@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from flows.reconstruct import reconstruct
 from service.settings import Settings
-from service.store import JobStore
+from service.store import JobStore, TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +20,23 @@ def worker_name() -> str:
 
 
 @contextlib.contextmanager
-def keep_lease(store: JobStore, job_id: str, *, worker: str, device: str, settings: Settings) -> Iterator[None]:
-    """Renew the job's lease (and the worker's presence) every heartbeat while the block runs."""
+def keep_lease(
+    store: JobStore, job_id: str, *, worker: str, device: str, settings: Settings, stop: threading.Event
+) -> Iterator[None]:
+    """Renew the job's lease (and the worker's presence) every heartbeat while the block runs; when
+    ``stop`` is set (the worker shuts down), ask the job to stop: it ends cancelled, its partial result kept."""
     done = threading.Event()
 
     def beat() -> None:
+        asked = False
         while not done.wait(settings.heartbeat_s):
             store.renew(job_id, worker=worker, lease_s=settings.lease_s)
             store.announce(worker, {"device": device, "job": job_id}, ttl_s=settings.lease_s)
+            if stop.is_set() and not asked:
+                asked = True
+                store.log(job_id, f"worker {worker} shutting down: stopping the job")
+                with contextlib.suppress(TransitionError):
+                    store.request_cancel(job_id)
 
     thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
     thread.start()
@@ -52,7 +61,7 @@ def serve_queue(settings: Settings, *, stop: threading.Event, name: str | None =
             continue
         store.announce(name, {"device": device, "job": job_id}, ttl_s=settings.lease_s)
         try:
-            with keep_lease(store, job_id, worker=name, device=device, settings=settings):
+            with keep_lease(store, job_id, worker=name, device=device, settings=settings, stop=stop):
                 reconstruct(
                     job_id=job_id,
                     redis_url=settings.redis_url,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import redis.asyncio
-from fastapi import FastAPI, Request, Response, status
+from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.cache import TTLCache
 from service.routes import dashboard, health, jobs
@@ -22,6 +23,25 @@ async def reap_forever(store: JobStore, interval_s: float) -> None:
     while True:
         await asyncio.to_thread(store.reap)
         await asyncio.sleep(interval_s)
+
+
+class BodyLimit:
+    """Refuse (413, JSON) a request whose Content-Length is unreadable or above ``max_bytes``.
+
+    Plain ASGI, not ``BaseHTTPMiddleware``: that wraps every request and costs more than the
+    cached status reply itself."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > self.max_bytes:
+                detail = f"request body larger than {self.max_bytes} bytes or unreadable length"
+                await JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,15 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.mount("/dashboard", StaticFiles(directory=dashboard.DASHBOARD), name="dashboard")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body larger than {settings.max_body_bytes} bytes or unreadable length"},
-                status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:

@@ -255,6 +255,7 @@ def cmd_worker_queue(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    import signal
     import threading
 
     import uvicorn
@@ -266,6 +267,9 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from service.settings import Settings
 
     settings = Settings()
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that
+    # would end the process without atexit handlers, leaving Prefect's temporary server running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     redis_process = ensure_redis(settings.redis_url, start=settings.start_redis)
     stop = threading.Event()
     worker = threading.Thread(target=serve_queue, args=(settings,), kwargs={"stop": stop}, name="worker", daemon=True)
@@ -284,7 +288,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     finally:
         stop.set()
-        worker.join(timeout=30)
+        worker.join(timeout=60)
         if redis_process is not None:
             redis_process.terminate()
     return {"served": f"http://{args.host}:{args.port}/"}

@@ -1,4 +1,7 @@
-"""FastAPI dependencies as named types: the settings, the store, the reply cache, the bearer-token check."""
+"""FastAPI dependencies as named types: the settings, the store, the reply cache, the bearer-token check.
+
+All are ``async``: they only read ``app.state``, and a sync dependency would cost a thread hop per request.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +18,17 @@ from service.store import JobStore
 _bearer = HTTPBearer(auto_error=False, description="PTYCHOSTREAM_API_TOKEN")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def get_replies(request: Request) -> TTLCache[bytes | None]:
+async def get_replies(request: Request) -> TTLCache[bytes | None]:
     replies: TTLCache[bytes | None] = request.app.state.replies
     return replies
 
@@ -35,7 +38,7 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 RepliesDep = Annotated[TTLCache[bytes | None], Depends(get_replies)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Mutating calls need ``Authorization: Bearer <PTYCHOSTREAM_API_TOKEN>``."""

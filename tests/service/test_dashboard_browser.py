@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium during a live ``serve --demo`` job: previews change, the job succeeds."""
+"""The dashboard in headless Chromium during a live ``serve --demo`` job: previews change, the job succeeds;
+SIGTERM then ends ``serve`` and everything it started."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
         "OMP_NUM_THREADS": "1",
     }
     command = ["serve", "--port", str(port), "--demo", "--demo-positions", "100", "--demo-rate", "12"]
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", *command, "--demo-iterations", "15"], env=env)
+    argv = [sys.executable, "-m", "service.cli", *command, "--demo-iterations", "15"]
+    server = subprocess.Popen(argv, env=env, start_new_session=True)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -57,7 +59,16 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
             browser.close()
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        server.wait(timeout=90)
+    wait_for(lambda: not _group_alive(server.pid), 10, "serve's children (Prefect's temporary server) to exit")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _opens(page, url: str) -> bool:  # noqa: ANN001
