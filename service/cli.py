@@ -273,7 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     redis_process = ensure_redis(settings.redis_url, start=settings.start_redis)
     stop = threading.Event()
     worker = threading.Thread(target=serve_queue, args=(settings,), kwargs={"stop": stop}, name="worker", daemon=True)
-    worker.start()
+    if not args.no_worker:
+        worker.start()
     try:
         if args.demo:
             job_id = start_demo(
@@ -288,7 +289,8 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     finally:
         stop.set()
-        worker.join(timeout=60)
+        if worker.is_alive():
+            worker.join(timeout=60)
         if redis_process is not None:
             redis_process.terminate()
     return {"served": f"http://{args.host}:{args.port}/"}
@@ -401,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-positions", type=int, default=300, help="scan positions of the demo (default 300)")
     p.add_argument("--demo-rate", type=float, default=12.0, help="demo detector frames/s (default 12)")
     p.add_argument("--demo-iterations", type=int, default=40, help="demo epochs after the scan (default 40)")
+    p.add_argument(
+        "--no-worker", action="store_true", help="API and dashboard only; jobs run on `ptychostream worker --queue`"
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
