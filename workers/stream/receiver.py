@@ -60,6 +60,7 @@ class Counters:
     last_s: float | None = None
     buffer_fill: int = 0
     buffer_capacity: int = 0
+    waiting_peak: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -249,6 +250,7 @@ class Assembler:
         position = msg.position_m if msg.position_m is not None else self._positions.pop(index, None)
         if position is None:
             self._frames[index] = image
+            self.counters.waiting_peak = max(self.counters.waiting_peak, len(self._frames))
         else:
             self._deliver(index, image, position)
 
@@ -289,7 +291,7 @@ class Assembler:
             self._reject(index, "no position", self.start.scan_id if self.start else "")
         accounted = self._seen | self._rejected
         top = self.counters.expected if self.counters.expected is not None else max(accounted, default=-1) + 1
-        self.counters.missing = len(set(range(top)) - accounted)
+        self.counters.missing = top - sum(1 for i in accounted if 0 <= i < top)
         self.counters.buffer_fill = len(self.buffer)
         return self.counters
 
@@ -357,15 +359,19 @@ class Receiver:
         poller = zmq.Poller()
         for sock in self._sockets:
             poller.register(sock, zmq.POLLIN)
+        positions_only = zmq.Poller()
+        positions_only.register(self._sockets[-1], zmq.POLLIN)
         last = time.monotonic()
         ended_at: float | None = None
         asm = self.assembler
         try:
             while not self.stop.is_set():
-                ready = dict(poller.poll(100))
+                ready = dict((positions_only if self._holding() else poller).poll(100))
                 now = time.monotonic()
                 for sock in self._sockets:
                     for _ in range(BURST if sock in ready else 0):
+                        if sock is self._sockets[0] and self._holding():
+                            break
                         try:
                             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
@@ -387,6 +393,10 @@ class Receiver:
         finally:
             asm.finish()
             self.done.set()
+
+    def _holding(self) -> bool:
+        """Too many frames wait for positions from the position socket: read only that one for now."""
+        return len(self._sockets) > 1 and self.assembler.waiting_for_positions >= self.buffer.capacity
 
     def close(self) -> None:
         """Stop the loop, join its thread, close the sockets (linger 0)."""

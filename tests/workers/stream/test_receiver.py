@@ -195,3 +195,44 @@ def test_the_detector_pixel_mask_reaches_the_engine_mask(small_scan: ScanData, k
     np.testing.assert_array_equal(mask, valid)
     assert (frames[:, ~valid] == 0).all()
     np.testing.assert_array_equal(frames[:, valid], data.intensities[index][:, valid])
+
+
+def test_frames_waiting_for_late_positions_are_bounded_too(small_scan: ScanData) -> None:
+    """Positions 30 frames late on their own socket, buffer capacity 8: at most 8 frames ever wait for a
+    position (the frame socket is not read meanwhile), and every frame still arrives."""
+    receiver = Receiver(ANY, positions=ANY, capacity=8, idle_timeout_s=10, hwm=4).start()
+    got = []
+    sender = threading.Thread(
+        target=replay,
+        args=(small_scan, receiver.endpoint),
+        kwargs={"positions_endpoint": receiver.positions_endpoint, "position_lag": 30},
+    )
+    sender.start()
+    try:
+        while not (receiver.done.is_set() and len(receiver.buffer) == 0):
+            got += list(receiver.buffer.drain()[0])
+            threading.Event().wait(0.001)
+    finally:
+        sender.join()
+        receiver.close()
+        peak = receiver.counters.waiting_peak
+    assert 0 < peak <= 8
+    assert sorted(got) == list(range(small_scan.n_frames))
+
+
+def test_a_huge_frame_index_is_accounted_without_building_the_range() -> None:
+    """No expected count and a (garbage) index of 10**12: closing the scan counts the gap arithmetically."""
+    from workers.stream.preprocess import Preprocessor
+    from workers.stream.receiver import Assembler, FrameBuffer
+
+    asm = Assembler(FrameBuffer(16), Preprocessor(), threading.Event())
+    asm.handle(p.encode_native_start(p.ScanStart("9", (8, 8), "uint16", 8e3, 2.0, 75e-6, "far", None)))
+    for index in (0, 1, 10**12):
+        asm.handle(
+            [
+                bytes(memoryview(x).cast("B"))
+                for x in p.encode_native_frame("9", index, np.ones((8, 8), np.uint16), np.zeros(3))
+            ]
+        )
+    c = asm.finish()
+    assert (c.received, c.missing) == (3, 10**12 - 2)
