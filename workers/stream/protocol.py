@@ -551,7 +551,7 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
 
 def _decode_v2(first: memoryview) -> Message:
     try:
-        msg = cbor2.loads(bytes(first), tag_hook=_tag_hook)
+        msg = cbor2.loads(first, tag_hook=_tag_hook)
     except ProtocolError:
         raise
     except Exception as exc:  # cbor2 raises many types on garbage; all mean one thing here
