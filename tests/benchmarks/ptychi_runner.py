@@ -17,6 +17,10 @@ Mapping onto pty-chi 2.2 (read from its source):
   here and pass ``fft_shift=False``.
 * FFT norm: pty-chi's far field is ``fft2`` with norm="backward" (|.|^2 is M^2 times ours), so
   the probe goes in divided by M and comes out multiplied by M; data and loss keep our units.
+* Near field: when the npz also holds ``wavelength``, ``distance`` and ``pixel_size`` (metres),
+  pty-chi propagates with its angular-spectrum transfer function exp(2 pi i z sqrt(1/lambda^2 - |f|^2)),
+  which is our Fresnel kernel exp(-i pi lambda z |f|^2) times a constant phase (the two differ by
+  < 1e-8 rad at our sampling); it is unitary, so the probe goes in unscaled.
 * Positions: pty-chi positions are probe *centres* relative to ``pos_origin_coords``; the window
   is cut at integer start ``round(p + origin - (M - 1) / 2)`` and the fractional rest is applied
   as a Fourier shift of the probe (first mode only), not of the object. With origin fixed to
@@ -103,6 +107,11 @@ def build_task(
         rec.rescale_probe_intensity_in_first_epoch = False
 
     options.data_options.fft_shift = False
+    near = "distance" in data
+    if near:
+        options.data_options.free_space_propagation_distance_m = float(data["distance"])
+        options.data_options.wavelength_m = float(data["wavelength"])
+        options.object_options.pixel_size_m = float(data["pixel_size"])
     obj = options.object_options
     obj.determine_position_origin_coords_by = api.ObjectPosOriginCoordsMethods.SPECIFIED
     obj.position_origin_coords = [(size - 1) / 2, (size - 1) / 2]
@@ -120,7 +129,7 @@ def build_task(
         options,
         diffraction_data=np.fft.ifftshift(data["intensities"].astype(np.float32), axes=(-2, -1)),
         object_data=data["object"].astype(np.complex64)[None],
-        probe_data=(data["probe"] / size).astype(np.complex64)[None],
+        probe_data=(data["probe"] / (1 if near else size)).astype(np.complex64)[None],
         probe_position_y_px=positions[:, 0].copy(),
         probe_position_x_px=positions[:, 1].copy(),
     )
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with np.load(args.input) as f:
-        data = {k: f[k] for k in ("intensities", "positions", "probe", "object")}
+        data = {k: f[k] for k in f.files}
     ptychi = import_ptychi()
 
     t0 = time.perf_counter()
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     size = data["probe"].shape[-1]
     obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
-    probe = (task.get_data_to_cpu("probe", as_numpy=True)[0] * size).astype(np.complex64)
+    scale = 1 if "distance" in data else size
+    probe = (task.get_data_to_cpu("probe", as_numpy=True)[0] * scale).astype(np.complex64)
     loss = task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, object=obj, probe=probe, epoch_times=epoch_times, loss=loss, setup_s=setup_s)
