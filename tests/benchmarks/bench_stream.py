@@ -15,24 +15,28 @@ object is within 10% cRMS of the offline 100-epoch result.
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing as mp
-import statistics
-import threading
-import time
+from workers.concurrency import share_cores
 
-import numpy as np
-import torch
-import zmq
+share_cores()  # as the CLI and the flows do, before torch is imported
 
-from workers.metrics import truth_metrics
-from workers.previews import Preview, PreviewPublisher
-from workers.runtime import Hooks, Stage, run_schedule, run_stream
-from workers.simulate import simulate
-from workers.stream import codecs
-from workers.stream import protocol as p
-from workers.stream.detector import replay
-from workers.stream.receiver import Receiver
+import argparse  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zmq  # noqa: E402
+
+from workers.metrics import truth_metrics  # noqa: E402
+from workers.previews import Preview, PreviewPublisher  # noqa: E402
+from workers.runtime import Hooks, Stage, run_schedule, run_stream  # noqa: E402
+from workers.simulate import simulate  # noqa: E402
+from workers.stream import codecs  # noqa: E402
+from workers.stream import protocol as p  # noqa: E402
+from workers.stream.detector import replay  # noqa: E402
+from workers.stream.receiver import Receiver  # noqa: E402
 
 BATCH = 16
 DRAIN_EVERY_S = 0.01  # the consumer takes what is buffered every 10 ms, as an engine does between epochs
