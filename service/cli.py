@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -420,6 +421,8 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     share_cores()
+    # Prefect's temporary server would phone home (and log an error where there is no network, as at many beamlines)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
