@@ -74,13 +74,19 @@ class BHOptions(EngineOptions):
         0.5, gt=0, description="Largest position change per iteration, pixels (a safeguard for poor early models)."
     )
     object_scale: float | None = Field(
-        None, gt=0, description="Object scaling c_psi (seed 002 App. II), preconditioner c_psi^2; None: automatic."
+        None,
+        gt=0,
+        description="Object scaling c_psi (seed 002 App. II), preconditioner c_psi^2; None: automatic, per pixel.",
     )
     probe_scale: float | None = Field(
-        None, gt=0, description="Probe scaling c_q (seed 002 App. II), preconditioner c_q^2; None: automatic."
+        None,
+        gt=0,
+        description="Probe scaling c_q (seed 002 App. II), preconditioner c_q^2; None: automatic, per pixel.",
     )
     position_scale: float | None = Field(
-        None, gt=0, description="Position scaling c_rho (seed 002 App. II), preconditioner c_rho^2; None: automatic."
+        None,
+        gt=0,
+        description="Position scaling c_rho (seed 002 App. II), preconditioner c_rho^2; None: automatic, per frame.",
     )
 
 
