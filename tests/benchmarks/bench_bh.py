@@ -3,7 +3,7 @@
 Run by hand (not in CI); prints Markdown tables::
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/benchmarks/bench_bh.py [--budget 40] [--repeats 3] [--ptychi]
-        [--scans far near far-60dB near-60dB near-known-probe] [--engines bh-cg rpie ...]
+        [--scans far near far-60dB near-60dB near-known-probe petra star] [--engines bh-cg rpie ...]
 
 Scans (64 px frames, Poisson noise, seed 1):
 
@@ -14,7 +14,14 @@ Scans (64 px frames, Poisson noise, seed 1):
 * far-60dB, near-60dB: the same scans with the photon count that gives an SNR
   10 log10(sum I^2 / sum I) of 60 dB, the regime of seed 002's synthetic test;
 * near-known-probe: "near" with the probe known from a previous scan (here the true probe,
-  still refined), as at beamlines where the illumination is characterised once.
+  still refined), as at beamlines where the illumination is characterised once;
+* petra (measured): PETRA III P25 near-field scan of ``../shared/data`` (200 frames of 100 px,
+  Fresnel scaling with the 3.65 mm focus distance, 5 masked pixels), no probe guess in the file;
+* star (measured): APS Siemens star of ``../shared/data`` (516 frames of 128 px, far field), with
+  tike's zone-plate probe guess.
+
+Measured scans have no truth: their L* is the lowest loss any engine reached in the run, and
+every engine runs the whole budget.
 
 Every engine starts from the same state (``probe_guess``, unit object), all options at their
 defaults, and iterates (one epoch at a time) until it reaches the last level or ``--budget``
@@ -25,7 +32,9 @@ epoch whose loss is at or below it (median over repeats); "> B" means not reache
 budget. Speed-up = best first-order time / BH-CG time (a lower bound, budget / BH-CG time,
 where no first-order engine reached the level). "rpie5+bh-cg" is 5 rPIE epochs, then BH-CG (BH
 as the refinement stage). ``--ptychi`` adds pty-chi's LSQML (its per-pixel mean loss converted
-to ours by N M^2 / sum I) through ``ptychi_runner.py``.
+to ours by N M^2 / sum I) and pty-chi's own BH-CG ("ptychi-bh-cg", the seed paper authors'
+implementation, compared with ours as a peer, not as a first-order engine) through
+``ptychi_runner.py``.
 """
 
 from __future__ import annotations
@@ -47,14 +56,19 @@ import torch  # noqa: E402
 
 from workers.data import ReconState, ScanData, probe_guess  # noqa: E402
 from workers.engines.registry import make_engine  # noqa: E402
+from workers.io import load_scan  # noqa: E402
 from workers.metrics import data_metrics, model_intensities  # noqa: E402
 from workers.simulate import simulate  # noqa: E402
 
 LEVELS = (10.0, 2.0, 1.1, 1.05)
 ENGINES = ("bh-cg", "bh-qn", "bh-gd", "rpie5+bh-cg", "epie", "rpie", "adam")
 FIRST_ORDER = ("epie", "rpie", "adam", "lsqml")
+PTYCHI = {"lsqml": "lsqml", "ptychi-bh-cg": "bh-cg"}  # row name -> ptychi_runner engine
 PEER_PYTHON = "/work/venv-peers/bin/python"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 HIGH_SNR_DB = 60.0
+PETRA_FOCUS_DISTANCE = 3.65e-3  # m, focus to sample (not in the file; see shared/data/README.md)
+Run = tuple[np.ndarray, np.ndarray]  # (loss, time_s) per epoch
 
 
 def whole_pixels(data: ScanData, seed: int) -> ScanData:
@@ -85,6 +99,10 @@ def scans() -> dict[str, Callable[[], ScanData]]:
         "far-60dB": lambda: far(photons_for_snr(far, HIGH_SNR_DB)),
         "near-60dB": lambda: near(photons_for_snr(near, HIGH_SNR_DB)),
         "near-known-probe": lambda: known_probe(near(1e6)),
+        "petra": lambda: load_scan(
+            SHARED_DATA / "petra_p25_nearfield.cxi", near_field=True, focus_distance=PETRA_FOCUS_DISTANCE
+        ),
+        "star": lambda: load_scan(SHARED_DATA / "tike_siemens_star.npz.bz2"),
     }
 
 
@@ -108,8 +126,8 @@ def times_to_levels(loss: np.ndarray, time_s: np.ndarray, levels: list[float]) -
     return out
 
 
-def run_ours(name: str, data: ScanData, levels: list[float], budget: float) -> tuple[list[float], float, int]:
-    """(times to levels, final loss, epochs) for engine ``name`` at default options.
+def run_ours(name: str, data: ScanData, stop: float, budget: float) -> Run:
+    """(loss, time_s) per epoch of engine ``name`` at default options, until loss <= ``stop`` or ``budget`` s.
 
     ``"rpie5+bh-cg"``: a two-stage schedule, 5 rPIE epochs then BH-CG on the same state (times add up).
     """
@@ -129,25 +147,31 @@ def run_ours(name: str, data: ScanData, levels: list[float], budget: float) -> t
     else:
         engine.adopt_frames(previous)
     offset = time_s[-1] if time_s else 0.0
-    while not loss or (time_s[-1] < budget and loss[-1] > levels[-1]):
+    while not loss or (time_s[-1] < budget and loss[-1] > stop):
         loss += engine.iterate(1)
         time_s.append(offset + engine.time_history[-1])
-    return times_to_levels(np.asarray(loss), np.asarray(time_s), levels), float(loss[-1]), len(loss)
+    return np.asarray(loss), np.asarray(time_s)
 
 
-def run_lsqml(data: ScanData, levels: list[float], budget: float, threads: int) -> tuple[list[float], float, int]:
-    """pty-chi LSQML through the peer runner: epochs sized from a short probe run to fit the budget."""
+def run_ptychi(engine: str, data: ScanData, budget: float, threads: int) -> Run:
+    """pty-chi's ``engine`` through the peer runner: epochs sized from a short probe run to fit the budget.
+
+    The object covers the scan with 8 px to spare (positions moved accordingly); a detector mask
+    goes along as pty-chi's valid-pixel mask.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.npz"
-        obj = np.ones((data.truth["object"].shape[0] + 16, data.truth["object"].shape[1] + 16), np.complex64)
-        geometry = {}
+        origin = 8 - np.floor(data.positions.min(0))
+        extent = np.ceil((data.positions + origin).max(0)).astype(int) + data.frame_size + 8
+        obj = np.ones(tuple(extent), np.complex64)
+        geometry: dict[str, object] = {} if data.mask is None else {"mask": data.mask}
         if data.geometry.kind == "near":
             g = data.geometry
             geometry = {"wavelength": g.wavelength, "distance": g.distance, "pixel_size": g.pixel_size}
         np.savez(
             src,
             intensities=data.intensities,
-            positions=data.positions + 8,
+            positions=data.positions + origin,
             probe=probe_guess(data),
             object=obj,
             **geometry,
@@ -155,7 +179,7 @@ def run_lsqml(data: ScanData, levels: list[float], budget: float, threads: int) 
 
         def run(epochs: int) -> dict[str, np.ndarray]:
             out = Path(tmp) / f"out{epochs}.npz"
-            cmd = [PEER_PYTHON, str(Path(__file__).with_name("ptychi_runner.py")), str(src), "--engine", "lsqml"]
+            cmd = [PEER_PYTHON, str(Path(__file__).with_name("ptychi_runner.py")), str(src), "--engine", engine]
             cmd += ["--epochs", str(epochs), "--batch-size", "32", "--threads", str(threads), "--out", str(out)]
             subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=os.environ.copy())
             return dict(np.load(out))
@@ -164,9 +188,7 @@ def run_lsqml(data: ScanData, levels: list[float], budget: float, threads: int) 
         epochs = max(3, int(budget / max(float(first["epoch_times"].mean()), 1e-3)))
         result = run(epochs)
     per_pixel_to_ours = data.n_frames * data.frame_size**2 / float(data.intensities.sum())
-    loss = result["loss"] * per_pixel_to_ours
-    time_s = np.cumsum(result["epoch_times"])
-    return times_to_levels(loss, time_s, levels), float(loss[-1]), len(loss)
+    return result["loss"] * per_pixel_to_ours, np.cumsum(result["epoch_times"])
 
 
 def fmt(t: float, budget: float) -> str:
@@ -196,7 +218,7 @@ def main() -> None:
         "--repeats", type=int, default=1, help="runs per engine (one where the first reached no level); medians"
     )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ptychi", action="store_true", help="add pty-chi LSQML")
+    parser.add_argument("--ptychi", action="store_true", help="add pty-chi's LSQML and BH-CG")
     parser.add_argument("--scans", nargs="+", default=list(scans()), choices=list(scans()))
     parser.add_argument("--engines", nargs="+", default=list(ENGINES))
     args = parser.parse_args()
@@ -209,29 +231,40 @@ def main() -> None:
     builders = scans()
     for scan_name in args.scans:
         data = builders[scan_name]()
-        t = data.truth
-        floor = data_metrics(data, t["object"], t["probe"], t["positions"])["amplitude_residual"]
+        measured = not data.truth
+        floor = None
+        if not measured:
+            t = data.truth
+            floor = data_metrics(data, t["object"], t["probe"], t["positions"])["amplitude_residual"]
+        names = list(args.engines) + (list(PTYCHI) if args.ptychi else [])
+        runs: dict[str, list[Run]] = {}
+        for name in names:
+            runs[name] = []
+            while len(runs[name]) < args.repeats:
+                if name in PTYCHI:
+                    runs[name].append(run_ptychi(PTYCHI[name], data, args.budget, args.threads))
+                else:
+                    stop = -np.inf if floor is None else LEVELS[-1] * floor
+                    runs[name].append(run_ours(name, data, stop, args.budget))
+                if floor is not None and not (runs[name][0][0] <= LEVELS[0] * floor).any():
+                    break
+        if floor is None:
+            floor = min(float(loss.min()) for r in runs.values() for loss, _ in r)
         levels = [k * floor for k in LEVELS]
+        kind = "measured (L*: the lowest loss reached in this run)" if measured else f"SNR {snr_db(data):.0f} dB"
         print(
-            f"### {scan_name}: {data.n_frames} frames of {data.frame_size} px, "
-            f"SNR {snr_db(data):.0f} dB, L* = {floor:.3e}\n"
+            f"### {scan_name}: {data.n_frames} frames of {data.frame_size} px, {kind}, L* = {floor:.3e}\n", flush=True
         )
         head = " | ".join(f"t to {k:g} L* (s)" for k in LEVELS)
         print(f"| engine | {head} | final loss / L* | epochs |")
         print("|---" * (len(LEVELS) + 3) + "|")
         best: dict[str, list[float]] = {}
-        for name in list(args.engines) + (["lsqml"] if args.ptychi else []):
-            runs: list[tuple[list[float], float, int]] = []
-            while len(runs) < args.repeats and (not runs or np.isfinite(runs[0][0]).any()):
-                if name == "lsqml":
-                    runs.append(run_lsqml(data, levels, args.budget, args.threads))
-                else:
-                    runs.append(run_ours(name, data, levels, args.budget))
-            times = np.median(np.asarray([r[0] for r in runs]), axis=0).tolist()
+        for name, done in runs.items():
+            times = np.median(np.asarray([times_to_levels(loss, t, levels) for loss, t in done]), axis=0).tolist()
             best[name] = times
             cells = " | ".join(fmt(x, args.budget) for x in times)
-            epochs = int(np.median([r[2] for r in runs]))
-            print(f"| {name} | {cells} | {np.median([r[1] for r in runs]) / floor:.3f} | {epochs} |", flush=True)
+            final = np.median([loss[-1] for loss, _ in done]) / floor
+            print(f"| {name} | {cells} | {final:.3f} | {int(np.median([len(loss) for loss, _ in done]))} |", flush=True)
         if "bh-cg" in best and any(n in best for n in FIRST_ORDER):
             summary[scan_name] = speedups(best, args.budget)
             print("\nBH-CG speed-up over the best first-order engine: " + ", ".join(summary[scan_name]) + "\n")

@@ -1,8 +1,8 @@
-"""Benchmark peer: run pty-chi's ePIE, rPIE or LSQML on a PtychoStream interchange npz.
+"""Benchmark peer: run pty-chi's ePIE, rPIE, LSQML or BH-CG on a PtychoStream interchange npz.
 
 Run with the peer venv's interpreter (see PEERS.md), never the project's::
 
-    /work/venv-peers/bin/python tests/benchmarks/ptychi_runner.py IN.npz --engine epie \
+    /work/venv-peers/bin/python tests/benchmarks/ptychi_runner.py IN.npz --engine epie|rpie|lsqml|bh-cg \
         --epochs 10 --batch-size 1 --threads 2 [--alpha A] [--beta B] [--no-probe-update] --out OUT.npz
 
 Input npz (our convention): ``intensities`` (N, M, M) float32 with the zero frequency at the
@@ -30,6 +30,13 @@ Mapping onto pty-chi 2.2 (read from its source):
   which is exact only for a band-limited object and a probe that vanishes at its window edge
   (measured 5e-6 relative for a smooth object, 1e-2 for a white-noise one), and probe modes
   after the first are not shifted at all.
+* Mask: an optional ``mask`` (M, M) bool, True for valid pixels, centred like the intensities,
+  becomes pty-chi's ``valid_pixel_mask``; its displayed loss (which ignores that mask) is taken
+  with model and data zeroed outside it, so that it sums over the same pixels as ours.
+* BH-CG: pty-chi's ``BHReconstructor`` (the seed 002 authors' implementation) with
+  ``method="CG"`` on one batch of all frames (its documented use of CG), and its probe scaling
+  ``rho`` at the value its documentation gives per geometry (1 near field, 0.1 far field); its
+  displayed loss is the same mean squared amplitude error.
 * Switched off: position correction, OPR (one OPR mode, weights fixed), all object/probe
   regularisers, object-probe ambiguity removal (a rescale every 10 epochs) and LSQML's
   first-epoch probe-intensity rescale (epoch 0 would otherwise make no update and would touch the
@@ -55,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-ENGINES = ("epie", "rpie", "lsqml")
+ENGINES = ("epie", "rpie", "lsqml", "bh-cg")
 _TORCHVISION_OPS: list[torch.library.Library] = []
 
 
@@ -96,7 +103,9 @@ def build_task(
     ptychi = import_ptychi()
     api = ptychi.api
     size = data["probe"].shape[-1]
-    options = {"epie": api.EPIEOptions, "rpie": api.RPIEOptions, "lsqml": api.LSQMLOptions}[engine]()
+    kinds = {"epie": api.EPIEOptions, "rpie": api.RPIEOptions, "lsqml": api.LSQMLOptions, "bh-cg": api.BHOptions}
+    options = kinds[engine]()
+    near = "distance" in data
 
     rec = options.reconstructor_options
     rec.num_epochs = epochs
@@ -105,9 +114,15 @@ def build_task(
     rec.default_dtype = api.Dtypes.FLOAT32
     if engine == "lsqml":
         rec.rescale_probe_intensity_in_first_epoch = False
+    if engine == "bh-cg":
+        rec.method = "CG"
+        rec.batch_size = len(data["intensities"])
+        options.probe_options.rho = 1.0 if near else 0.1
 
     options.data_options.fft_shift = False
-    near = "distance" in data
+    valid = np.fft.ifftshift(data["mask"].astype(bool)) if "mask" in data else None
+    if valid is not None:
+        options.data_options.valid_pixel_mask = valid
     if near:
         options.data_options.free_space_propagation_distance_m = float(data["distance"])
         options.data_options.wavelength_m = float(data["wavelength"])
@@ -125,7 +140,7 @@ def build_task(
         options.probe_options.alpha = beta
 
     positions = np.asarray(data["positions"], dtype=np.float64)
-    return api.task.PtychographyTask(
+    task = api.task.PtychographyTask(
         options,
         diffraction_data=np.fft.ifftshift(data["intensities"].astype(np.float32), axes=(-2, -1)),
         object_data=data["object"].astype(np.complex64)[None],
@@ -133,6 +148,11 @@ def build_task(
         probe_position_y_px=positions[:, 0].copy(),
         probe_position_x_px=positions[:, 1].copy(),
     )
+    if valid is not None:
+        tracker = task.reconstructor.loss_tracker
+        metric, keep = tracker.metric_function, torch.as_tensor(valid)
+        tracker.metric_function = lambda y_pred, y_true: metric(y_pred * keep, y_true * keep)
+    return task
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-probe-update", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.engine == "lsqml" and (args.alpha is not None or args.beta is not None):
+    if args.engine in ("lsqml", "bh-cg") and (args.alpha is not None or args.beta is not None):
         parser.error("--alpha/--beta apply to epie and rpie only")
     return args
 
