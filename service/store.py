@@ -37,7 +37,6 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
-PREVIEWS = ("amplitude", "phase", "probe")
 LOG_LINES = 1000
 
 # KEYS: job hash, from-set prefix, to-set, events channel. ARGV: to, message, now, allowed-from states...
@@ -127,8 +126,9 @@ class JobStore:
         return JobSpec.model_validate_json(self.get(job_id)["spec"])
 
     def ids(self, *, state: JobState | None = None, limit: int = 100) -> list[str]:
-        """Newest first; only jobs in ``state`` if given."""
-        newest = [i.decode() for i in self.r.zrevrange(self.key("jobs"), 0, -1)]
+        """Newest first; only jobs in ``state`` if given (at most ``limit`` >= 1)."""
+        last = limit - 1 if state is None else -1  # without a filter only the newest ``limit`` are read
+        newest = [i.decode() for i in self.r.zrevrange(self.key("jobs"), 0, last)]
         if state is not None:
             members = {m.decode() for m in self.r.smembers(self.key("state", state.value))}
             newest = [i for i in newest if i in members]
@@ -153,21 +153,23 @@ class JobStore:
         if popped is None:
             return None
         job_id = popped[1].decode()
-        self.renew(job_id, worker=worker, lease_s=lease_s)
         try:
-            self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
+            self._start(job_id, worker=worker, lease_s=lease_s)
         except TransitionError:  # cancelled while queued
-            self.r.delete(self.key("job", job_id, "lease"))
+            self.release(job_id)
             return None
-        self.r.hset(self.key("job", job_id), "worker", worker)
         return job_id
 
     def take(self, job_id: str, *, worker: str, lease_s: float) -> None:
         """Claim one named queued job (a Prefect deployment run given its id); a running one is left as is."""
         if self.r.lrem(self.key("queue"), 0, job_id):
-            self.renew(job_id, worker=worker, lease_s=lease_s)
-            self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
-            self.r.hset(self.key("job", job_id), "worker", worker)
+            self._start(job_id, worker=worker, lease_s=lease_s)
+
+    def _start(self, job_id: str, *, worker: str, lease_s: float) -> None:
+        """A claimed job: its lease, the move to running, and the worker that runs it."""
+        self.renew(job_id, worker=worker, lease_s=lease_s)
+        self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
+        self.r.hset(self.key("job", job_id), "worker", worker)
 
     def renew(self, job_id: str, *, worker: str, lease_s: float) -> None:
         self.r.set(self.key("job", job_id, "lease"), worker, px=int(lease_s * 1000))

@@ -99,19 +99,17 @@ class Autosave:
         self.result, self.checkpoint, self.interval_s = result, checkpoint, interval_s
         self._last = time.monotonic()
 
-    def maybe(self, progress: Callable[[], Checkpoint]) -> bool:
-        """Save if ``interval_s`` has passed since the last save; True when it did."""
-        if time.monotonic() - self._last < self.interval_s:
-            return False
-        self.now(progress())
-        return True
+    def maybe(self, progress: Callable[[], Checkpoint]) -> None:
+        """Save if ``interval_s`` has passed since the last save."""
+        if time.monotonic() - self._last >= self.interval_s:
+            self.now(progress())
 
-    def now(self, saved: Checkpoint, *, complete: bool = False) -> None:
-        """Save ``saved`` now: the checkpoint, and the result file marked ``complete`` or not."""
+    def now(self, saved: Checkpoint) -> None:
+        """Save ``saved`` now: the checkpoint, and the result file marked incomplete."""
         if self.checkpoint is not None:
             saved.save(self.checkpoint)
         if self.result is not None:
-            attrs = {k: v for k, v in saved.attrs.items() if k != "counters"} | {"complete": complete}
+            attrs = {k: v for k, v in saved.attrs.items() if k != "counters"} | {"complete": False}
             state = result_state(saved.state, saved.frame_index)
             write_result(self.result, state, loss=saved.loss, time_s=saved.time_s, attrs=attrs)
         self._last = time.monotonic()

@@ -157,7 +157,11 @@ class RunRecord:
             raise
 
     def result(self, attrs: Mapping[str, Any]) -> Result:
+        """The run's result; its final checkpoint is saved too, so that a resume of a stopped (or
+        finished) run continues from here rather than from the last periodic save."""
         saved = self.checkpoint()
+        if self.hooks.autosave is not None and self.hooks.autosave.checkpoint is not None:
+            saved.save(self.hooks.autosave.checkpoint)
         all_attrs = {**self.attrs, **attrs, "iterations": self.done, "stopped": self.stopped, "complete": True}
         return Result(result_state(saved.state, saved.frame_index), saved.loss, saved.time_s, all_attrs)
 
@@ -314,7 +318,7 @@ def run_stream(
                 if run.stop_requested():
                     break
                 run.epoch(k, engine, offset, total, scheduled=True, force=run.scheduled_done == 0)
-    attrs = stream_accounting(asm.counters.as_dict())
+    attrs = stream_accounting(asm.counters.as_dict()) | {"frames_used": engine.n_frames}
     return run.result(attrs | {"iterations_after_scan": run.scheduled_done, "frame_index": np.sort(received()[1])})
 
 
@@ -326,7 +330,6 @@ def stream_accounting(counters: Mapping[str, Any]) -> dict[str, Any]:
         "frames_rejected_by_reason": json.dumps(counters["rejected"]),
         "frames_missing": counters["missing"],
         "frames_duplicate": counters["duplicates"],
-        "frames_used": counters["received"],
     }
 
 

@@ -31,8 +31,7 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("ptychostream_queue_depth", "Queued jobs", value=self.store.queue_depth())
         yield GaugeMetricFamily("ptychostream_workers", "Live workers", value=len(self.store.workers()))
         frames, iterations = 0.0, 0.0
-        for job_id in self.store.ids(state=JobState.RUNNING):
-            raw = self.store.get(job_id)
+        for raw in self.store.get_many(self.store.ids(state=JobState.RUNNING)):
             frames += float(raw.get("frames_rate", 0) or 0)
             iterations += float(raw.get("iteration_rate", 0) or 0)
         yield GaugeMetricFamily("ptychostream_frames_per_second", "Frames/s received by running jobs", value=frames)

@@ -158,8 +158,8 @@ def get_result(job_id: JobId, store: StoreDep) -> FileResponse:
 
 def result_file(store: JobStore, job_id: str) -> FsPath:
     """The result file of a finished job; 409 while it runs or when it left none."""
-    state = store.get(job_id)["state"]
-    path = FsPath(store.spec(job_id).output)
+    raw = store.get(job_id)
+    state, path = raw["state"], FsPath(JobSpec.model_validate_json(raw["spec"]).output)
     if state not in TERMINAL or not path.is_file():
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {state}: no result file")
     return path

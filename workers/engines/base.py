@@ -70,10 +70,7 @@ class Engine(ABC):
         if positions.shape != (intensities.shape[0], 2):
             raise DataError(f"positions: expected shape ({intensities.shape[0]}, 2), got {positions.shape}")
         n_new = intensities.shape[0]
-        host = torch.from_numpy(np.ascontiguousarray(intensities))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        frames = host.to(self.device, non_blocking=True).to(torch.float32)
+        frames = torch.from_numpy(np.ascontiguousarray(intensities)).to(self.device).to(torch.float32)
         amp_t = torch.fft.ifftshift(frames, dim=(-2, -1)).sqrt_()
         need = self.n_frames + n_new
         if need > self.amplitudes.shape[0]:

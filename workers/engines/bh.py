@@ -91,7 +91,7 @@ class BH(Engine):
         if refine:
             self._previous, self._model = (s, None), None
         else:
-            model, t = objective.advance(lin, s, t, alpha)
+            model, t = objective.advance(lin, s, t, alpha, update_probe)
             self._previous, self._model, self._advanced = (s, t), model, self._advanced + 1
         step = self._apply(s.scaled(alpha), update_probe, refine)
         self._last = (float(lin.value), step, update_probe, refine)

@@ -208,9 +208,8 @@ class Objective:
             p = p + (lin.shifts * s.pos.to(lin.frac.dtype)[..., None, None]).sum(1)
         return p
 
-    def model_derivative(self, lin: Linearization, s: Joint, p: Tensor | None = None) -> Tensor:
-        """dM(s) = dq S psi + q p(s) (FRAME, MODE, M, M), sample plane."""
-        p = self.patch_derivative(lin, s) if p is None else p
+    def model_derivative(self, lin: Linearization, s: Joint, p: Tensor) -> Tensor:
+        """dM(s) = dq S psi + q p(s) (FRAME, MODE, M, M), sample plane, with p = p(s)."""
         return physics.exit_waves(s.probe, lin.patches) + physics.exit_waves(lin.x.probe, p)
 
     def tangent(self, lin: Linearization, s: Joint) -> Tangent:
@@ -218,15 +217,18 @@ class Objective:
         p = self.patch_derivative(lin, s)
         return Tangent(p, self.propagator.forward(self.model_derivative(lin, s, p)))
 
-    def advance(self, lin: Linearization, s: Joint, t: Tangent, alpha: float) -> tuple[Model, Tangent]:
+    def advance(
+        self, lin: Linearization, s: Joint, t: Tangent, alpha: float, probe_moves: bool = True
+    ) -> tuple[Model, Tangent]:
         """The model at x' = x + alpha s and the tangent of s there; positions fixed.
 
         M is bilinear in (q, psi): with c = D(dq S dpsi), D M(x') = D M(x) + alpha D dM(s) + alpha^2 c
-        and D dM'(s) = D dM(s) + 2 alpha c; one propagation (none when dq = 0).
+        and D dM'(s) = D dM(s) + 2 alpha c; one propagation (none when the probe is held fixed,
+        ``probe_moves`` False, so that dq = 0).
         """
         patches = torch.add(lin.patches, t.patch, alpha=alpha)
         far = torch.add(lin.far, t.far, alpha=alpha)
-        if not bool(s.probe.any()):
+        if not probe_moves:
             return Model(lin.ramp, patches, far), t
         cross = self.propagator.forward(physics.exit_waves(s.probe, t.patch))
         far.add_(cross, alpha=alpha * alpha)
@@ -267,15 +269,18 @@ class Objective:
         proj = [self._radial(lin, t.far) for t in tangents]
         weighted = [wa.unsqueeze(1) * t.far for t in tangents]
         sums = [physics.exit_waves_adjoint_probe(t.patch, lin.phi) for t in tangents] if not positive else []
-        k = len(dirs)
-        out = torch.zeros((k, k), dtype=torch.float64)
-        for i in range(k):
-            for j in range(i, k):
-                h = 2 * (_real_dot(weighted[i], tangents[j].far) + _real_dot(wr * proj[i], proj[j]))
-                if not positive:
-                    h = h + _real_dot(dirs[i].probe, sums[j]) + _real_dot(dirs[j].probe, sums[i])
-                    h = h + self._shift_curvature(lin, dirs[i], dirs[j])
-                out[i, j] = out[j, i] = h.double().cpu()
+        pairs = [(i, j) for i in range(len(dirs)) for j in range(i, len(dirs))]
+        entries = []
+        for i, j in pairs:
+            h = 2 * (_real_dot(weighted[i], tangents[j].far) + _real_dot(wr * proj[i], proj[j]))
+            if not positive:
+                h = h + _real_dot(dirs[i].probe, sums[j]) + _real_dot(dirs[j].probe, sums[i])
+                h = h + self._shift_curvature(lin, dirs[i], dirs[j])
+            entries.append(h.double())
+        values = torch.stack(entries).cpu()  # one device-to-host transfer for the whole matrix
+        out = torch.zeros((len(dirs), len(dirs)), dtype=torch.float64)
+        for (i, j), h in zip(pairs, values, strict=True):
+            out[i, j] = out[j, i] = h
         return out
 
     def _shift_curvature(self, lin: Linearization, s1: Joint, s2: Joint) -> Tensor | float:

@@ -100,15 +100,18 @@ class Preprocessor:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """The frame cropped, then corrected: float32, or, when only bad pixels (or nothing) correct
-        unsigned counts, the counts themselves (a view of the raw frame when nothing does: no copy;
-        ``FrameBuffer.drain`` stacks a batch at a time, off the receive path)."""
+        unsigned counts, the counts themselves (a view of the raw frame when nothing does and it is
+        not cropped: no copy, ``FrameBuffer.drain`` stacks a batch at a time, off the receive path; a
+        crop is copied so that a buffered frame never keeps the whole detector message alive)."""
         if frame.ndim != 2:
             raise Rejected("shape", f"expected a 2-D frame, got shape {frame.shape}")
         rows, cols = self.window(frame.shape)
         dark, valid = self.references(frame.shape)
         crop = frame[rows, cols]
         if crop.dtype.kind == "u" and not self.converts:
-            return crop if valid is None else np.where(valid, crop, 0)
+            if valid is not None:
+                return np.where(valid, crop, 0)
+            return crop if crop.shape == frame.shape else crop.copy()
         out = crop.astype(np.float32)
         if crop.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")
@@ -118,8 +121,9 @@ class Preprocessor:
             raise Rejected("negative", f"{int((out < 0).sum())} negative pixels")
         if valid is not None:
             out[~valid] = 0
-        if self.hot is not None and (out > self.hot).any():
-            out = np.where(out > self.hot, neighbour_median(out), out).astype(np.float32)
+        hot = None if self.hot is None else out > self.hot
+        if hot is not None and hot.any():
+            out = np.where(hot, neighbour_median(out), out).astype(np.float32)
         if self.zinger is not None:
             out = remove_zingers(out, self.zinger)
         return _bin(out, self.binning) if self.binning > 1 else out
