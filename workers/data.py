@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from workers import physics
+from workers import layout, physics
 from workers.errors import DataError
 
 PLANCK_C = 6.62607015e-34 * 299792458.0  # h c, J m
@@ -38,7 +38,7 @@ class Geometry:
 class ScanData:
     """Measured ptychographic scan (host memory).
 
-    intensities : (FRAME, M, M) float32, detector counts, zero frequency at the centre.
+    intensities : (FRAME, M, M) float32, detector counts in detector layout (``workers.layout``).
     positions   : (FRAME, 2) float64, (row, col) of the probe window's top-left corner, pixels,
                   in the scan's own frame (any origin).
     mask        : (M, M) bool, True where a pixel is valid; None means all valid.
@@ -149,7 +149,7 @@ def probe_guess(data: ScanData, n_modes: int = 1) -> np.ndarray:
         mean = data.intensities.mean(0).astype(np.float64)
         if data.mask is not None:
             mean = np.where(data.mask, mean, 0.0)
-        mean = np.fft.ifftshift(mean)
+        mean = layout.to_model(mean, data.geometry.kind)
         if data.geometry.kind == "far":
             probe = _far_field_probe(mean)[None]
         else:

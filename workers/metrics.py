@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers import physics
+from workers import layout, physics
 from workers.data import ScanData
 
 SUBPIXEL_PAD = 2
 
 
 def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, batch: int = 64):
-    """Yield (model intensities, measured intensities) per batch, both with DC at [0, 0]."""
+    """Yield (model intensities, measured intensities) per batch, both in model layout (``workers.layout``)."""
     prop = data.geometry.propagator(data.frame_size, "cpu")
     o = torch.from_numpy(np.asarray(obj, dtype=np.complex64))
     p = torch.from_numpy(np.asarray(probe, dtype=np.complex64))
@@ -35,13 +35,14 @@ def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positi
         corner, frac = physics.split_positions(pos)
         patches = physics.patches(o, corner, frac, data.frame_size, SUBPIXEL_PAD)
         model = physics.intensity(prop.forward(physics.exit_waves(p, patches))).numpy()
-        measured = np.fft.ifftshift(data.intensities[start : start + batch], axes=(-2, -1))
+        measured = layout.to_model(data.intensities[start : start + batch], data.geometry.kind)
         yield model, measured
 
 
 def data_metrics(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray) -> dict[str, float]:
     """Amplitude residual and Gaussian / Poisson NLL of the state (object-array positions) on ``data``."""
-    mask = np.ones((data.frame_size,) * 2, bool) if data.mask is None else np.fft.ifftshift(data.mask)
+    full = np.ones((data.frame_size,) * 2, bool)
+    mask = full if data.mask is None else layout.to_model(data.mask, data.geometry.kind)
     sq = pois = total = 0.0
     count = 0
     for model, measured in model_intensities(data, obj, probe, positions):

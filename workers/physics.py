@@ -15,9 +15,9 @@ Conventions
   the content by -frac (so pixel x of the patch samples O at x + r), C crops ``pad`` pixels
   per border. ``pad`` keeps the periodic wrap of the Fourier shift away from the patch.
 * Far-field propagation is the unitary FFT (``norm="ortho"``) with the zero frequency at
-  array index [0, 0]; measured patterns are ``ifftshift``-ed once when loaded, so no shift
-  runs per iteration. Near-field propagation is the Fresnel transfer function. Both are
-  unitary, so the adjoint is the inverse.
+  array index [0, 0]; measured frames are converted once from the detector's layout
+  (``workers.layout``), so no shift runs per iteration. Near-field propagation is the
+  Fresnel transfer function. Both are unitary, so the adjoint is the inverse.
 """
 
 from __future__ import annotations

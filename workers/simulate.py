@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from workers import physics
+from workers import layout, physics
 from workers.data import Geometry, ScanData, beam_diameter
 
 WAVELENGTH = 1e-10
@@ -133,7 +133,7 @@ def simulate(
     corner, frac = physics.split_positions(torch.from_numpy(corners))
     patches = physics.patches(torch.from_numpy(obj), corner, frac, m, pad=2)
     far = prop.forward(physics.exit_waves(torch.from_numpy(probe)[None], patches))
-    clean = np.fft.fftshift(physics.intensity(far).numpy().astype(np.float64), axes=(-2, -1))
+    clean = layout.to_detector(physics.intensity(far).numpy().astype(np.float64), geometry.kind)
     frames = rng.poisson(clean).astype(np.float32) if math.isfinite(photons) else clean.astype(np.float32)
     recorded = corners + rng.normal(0, position_error, corners.shape) if position_error else corners
     truth = {"object": obj, "probe": probe[None], "positions": corners}

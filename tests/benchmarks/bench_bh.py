@@ -54,6 +54,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from workers import layout  # noqa: E402
 from workers.data import ReconState, ScanData, probe_guess  # noqa: E402
 from workers.engines.registry import make_engine  # noqa: E402
 from workers.io import load_scan  # noqa: E402
@@ -75,7 +76,7 @@ def whole_pixels(data: ScanData, seed: int) -> ScanData:
     """``data``'s object, probe and scan with the positions rounded to whole pixels, measured anew (Poisson)."""
     truth = dict(data.truth, positions=np.round(data.truth["positions"]))
     clean = np.concatenate([m for m, _ in model_intensities(data, truth["object"], truth["probe"], truth["positions"])])
-    frames = np.random.default_rng(seed).poisson(np.fft.fftshift(clean, axes=(-2, -1))).astype(np.float32)
+    frames = np.random.default_rng(seed).poisson(layout.to_detector(clean, data.geometry.kind)).astype(np.float32)
     return ScanData(frames, truth["positions"].copy(), data.geometry, None, None, "<simulation>", truth)
 
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from workers import physics
+from workers import layout, physics
 from workers.data import Geometry, ReconState
 from workers.engines.options import EngineName, EngineOptions
 from workers.errors import DataError
@@ -47,7 +47,7 @@ class Engine(ABC):
         self.device = state.device
         self.size = int(state.probe.shape[-1])
         self.propagator = geometry.propagator(self.size, self.device)
-        shifted = None if mask is None else np.fft.ifftshift(np.asarray(mask, dtype=np.float32))
+        shifted = None if mask is None else layout.to_model(np.asarray(mask, dtype=np.float32), geometry.kind)
         self.mask = None if shifted is None else torch.as_tensor(shifted, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.amplitudes = torch.empty((0, self.size, self.size), dtype=torch.float32, device=self.device)
@@ -60,7 +60,7 @@ class Engine(ABC):
         self._t0: float | None = None
 
     def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
-        """Append frames (n, M, M) (zero frequency centred) at scan positions (n, 2) pixels.
+        """Append frames (n, M, M) in detector layout (``workers.layout``) at scan positions (n, 2) pixels.
 
         Frames may be float or raw integer counts: they move to the device in their own dtype
         (integers: half the bytes of float32) and become amplitudes there.
@@ -71,7 +71,7 @@ class Engine(ABC):
             raise DataError(f"positions: expected shape ({intensities.shape[0]}, 2), got {positions.shape}")
         n_new = intensities.shape[0]
         frames = torch.from_numpy(np.ascontiguousarray(intensities)).to(self.device).to(torch.float32)
-        amp_t = torch.fft.ifftshift(frames, dim=(-2, -1)).sqrt_()
+        amp_t = layout.to_model(frames, self.geometry.kind).sqrt()
         need = self.n_frames + n_new
         if need > self.amplitudes.shape[0]:
             grown = torch.empty((max(need, 2 * self.amplitudes.shape[0]), self.size, self.size), device=self.device)
