@@ -74,10 +74,18 @@ def _first(f: h5py.File, paths: tuple[str, ...], what: str, src: Path) -> h5py.D
     raise DataError(f"{src}: {what}: missing (looked for {', '.join(paths)})")
 
 
+def _read(node: h5py.Dataset, src: Path) -> Any:
+    """The whole dataset ``node``; a damaged one (a corrupt chunk, a filter that fails) names file and field."""
+    try:
+        return node[()]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{src}: {node.name.lstrip('/')}: unreadable ({exc})") from None
+
+
 def _scalar(f: h5py.File, path: str, src: Path) -> float:
     if path not in f:
         raise DataError(f"{src}: {path}: missing")
-    value = float(np.asarray(f[path][()]).reshape(-1)[0])
+    value = float(np.asarray(_read(f[path], src)).reshape(-1)[0])
     if not np.isfinite(value) or value <= 0:
         raise DataError(f"{src}: {path}: must be a positive number, got {value}")
     return value
@@ -107,21 +115,21 @@ def read_cxi(path: Path, *, near_field: bool | None = None, focus_distance: floa
 
 
 def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_distance: float | None) -> ScanData:
-    raw = _first(f, DATA_PATHS, "data", path)[()]
+    raw = _read(_first(f, DATA_PATHS, "data", path), path)
     frames = _square(np.asarray(raw, dtype=np.float32), path)
     for name in BACKGROUND_NAMES:
         key = f"{DETECTOR}/{name}"
         if key in f:
-            background = _square(np.asarray(f[key][()], dtype=np.float32).reshape((1, *raw.shape[-2:])), path)
+            background = _square(np.asarray(_read(f[key], path), dtype=np.float32).reshape((1, *raw.shape[-2:])), path)
             frames = np.clip(frames - background, 0, None)
             break
-    translation = np.asarray(_first(f, TRANSLATION_PATHS, "translation", path)[()], dtype=np.float64)
+    translation = np.asarray(_read(_first(f, TRANSLATION_PATHS, "translation", path), path), dtype=np.float64)
     if translation.ndim != 2 or translation.shape[1] not in (2, 3):
         raise DataError(f"{path}: translation: expected shape (N, 3), got {translation.shape}")
     translation = np.pad(translation, ((0, 0), (0, 3 - translation.shape[1])))
     basis = DEFAULT_BASIS
     if f"{DETECTOR}/basis_vectors" in f:
-        basis = np.asarray(f[f"{DETECTOR}/basis_vectors"][()], dtype=np.float64)
+        basis = np.asarray(_read(f[f"{DETECTOR}/basis_vectors"], path), dtype=np.float64)
         norms = np.linalg.norm(basis, axis=0) if basis.shape == (3, 2) else np.zeros(1)
         if basis.shape != (3, 2) or not (norms > 0).all():
             raise DataError(f"{path}: basis_vectors: expected a (3, 2) matrix of non-zero columns, got {basis}")
@@ -135,12 +143,12 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
         wavelength = PLANCK_C / _scalar(f, f"{SOURCE}/energy", path)
     mask = None
     if f"{DETECTOR}/mask" in f:
-        bad = np.asarray(f[f"{DETECTOR}/mask"][()])
+        bad = np.asarray(_read(f[f"{DETECTOR}/mask"], path))
         mask = _square(bad.reshape((1, *bad.shape[-2:])), path)[0] == 0
     probe = None
     for p in PROBE_PATHS:
         if p in f:
-            probe = np.asarray(f[p][()], dtype=np.complex64)
+            probe = np.asarray(_read(f[p], path), dtype=np.complex64)
             probe = probe.reshape((-1, *probe.shape[-2:]))
             break
     extra = f[EXTRA] if EXTRA in f else None
@@ -148,13 +156,13 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
         near_field = extra is not None and extra.attrs.get("propagation", "far") == "near"
     if focus_distance is None and extra is not None and "focus_distance" in extra.attrs:
         focus_distance = float(extra.attrs["focus_distance"])
-    truth = {k: np.asarray(v[()]) for k, v in f[f"{EXTRA}/truth"].items()} if f"{EXTRA}/truth" in f else {}
+    truth = {k: np.asarray(_read(v, path)) for k, v in f[f"{EXTRA}/truth"].items()} if f"{EXTRA}/truth" in f else {}
 
     m = frames.shape[-1]
     if near_field:
         mag = 1.0 if not focus_distance else (focus_distance + distance) / focus_distance
         dy, dx = py / mag, px / mag
-        geometry = Geometry("near", wavelength, distance / mag, dx)
+        geometry = Geometry("near", wavelength, distance / mag, dx, focus_distance or 0.0)
         if abs(dy - dx) > 1e-3 * dx:
             raise DataError(f"{path}: x_pixel_size/y_pixel_size: near-field needs square pixels, got {px} and {py}")
     else:
@@ -248,6 +256,14 @@ def write_result(
     os.replace(tmp, path)
 
 
+def result_load_options(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``load_scan`` keyword arguments that read a scan in the geometry a result records (empty if it records none)."""
+    if attrs.get("propagation") not in ("far", "near"):
+        return {}
+    focus = float(attrs.get("focus_distance", 0.0))
+    return {"near_field": attrs["propagation"] == "near", "focus_distance": focus if focus > 0 else None}
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
     """Read a result HDF5 back: arrays by name, ``loss``/``time_s`` histories and ``attrs``."""
     path = Path(path)
@@ -259,9 +275,9 @@ def read_result(path: str | Path) -> dict[str, Any]:
         for key in ("object", "probe", "positions"):
             if key not in f:
                 raise DataError(f"{path}: {key}: missing; not a PtychoStream result file")
-        out: dict[str, Any] = {k: f[k][()] for k in ("object", "probe", "positions")}
-        out["origin"] = f["origin"][()] if "origin" in f else np.zeros(2)
-        out["loss"] = f["history/loss"][()] if "history/loss" in f else np.zeros(0)
-        out["time_s"] = f["history/time_s"][()] if "history/time_s" in f else np.zeros(0)
+        out: dict[str, Any] = {k: _read(f[k], path) for k in ("object", "probe", "positions")}
+        out["origin"] = _read(f["origin"], path) if "origin" in f else np.zeros(2)
+        out["loss"] = _read(f["history/loss"], path) if "history/loss" in f else np.zeros(0)
+        out["time_s"] = _read(f["history/time_s"], path) if "history/time_s" in f else np.zeros(0)
         out["attrs"] = dict(f.attrs)
     return out

@@ -6,11 +6,11 @@ where the worker writes. Stage options are validated strictly against the engine
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from workers.schedule import StageSpec, default_schedule
 
-from workers.engines.options import OPTIONS, EngineName
+__all__ = ["FileInput", "JobRequest", "JobSpec", "Preprocessing", "StageSpec", "StreamInput"]
 
 
 class _Strict(BaseModel):
@@ -19,6 +19,12 @@ class _Strict(BaseModel):
 
 class FileInput(_Strict):
     file: str = Field(min_length=1, max_length=1024, description="A scan file (CXI/HDF5 or tike npz).")
+    near_field: bool | None = Field(
+        default=None, description="Near-field (Fresnel) geometry; None: as the file records it (far field if not)."
+    )
+    focus_distance: float | None = Field(
+        default=None, gt=0, lt=100, description="Focus-to-sample distance (m): the cone-beam (Fresnel-scaling) setup."
+    )
 
 
 class Preprocessing(_Strict):
@@ -66,27 +72,24 @@ class StreamInput(_Strict):
     preprocess: Preprocessing = Field(default_factory=Preprocessing, description="Per-frame corrections.")
 
 
-class StageSpec(_Strict):
-    engine: EngineName
-    iterations: int = Field(ge=0, le=100_000, description="Epochs; for a stream, epochs after the scan has ended.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Engine options (the engine's options model).")
-
-    @model_validator(mode="after")
-    def _options_fit_engine(self) -> StageSpec:
-        """Refuse options the engine does not know or values out of range, naming the option."""
-        OPTIONS[self.engine].model_validate(self.options)
-        return self
-
-
 class JobRequest(_Strict):
-    """What a user asks for: an input, an engine schedule (e.g. epie x50 then bh-cg x100), a device."""
+    """What a user asks for: an input, an engine schedule (e.g. epie x50 then bh-cg x100), a device.
+
+    Without a schedule the default one runs (``workers.schedule.DEFAULT_SCHEDULE``).
+    """
 
     input: FileInput | StreamInput
-    schedule: list[StageSpec] = Field(min_length=1, max_length=32)
+    schedule: list[StageSpec] = Field(
+        default_factory=default_schedule,
+        min_length=1,
+        max_length=32,
+        description="Stages run in turn; default: a few rPIE epochs, then BH-CG until the loss stops improving.",
+    )
     device: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$", description="auto, cpu, cuda or cuda:N."
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    modes: int = Field(default=1, ge=1, le=16, description="Probe modes (mixed-state probe).")
 
 
 class JobSpec(JobRequest):
