@@ -5,16 +5,18 @@ Run with the peer venv's interpreter (see PEERS.md), never the project's::
     /work/venv-peers/bin/python tests/benchmarks/ptychi_runner.py IN.npz --engine epie|rpie|lsqml|bh-cg \
         --epochs 10 --batch-size 1 --threads 2 [--alpha A] [--beta B] [--no-probe-update] --out OUT.npz
 
-Input npz (our convention): ``intensities`` (N, M, M) float32 with the zero frequency at the
-centre; ``positions`` (N, 2) float64, (row, col) of the probe window's top-left corner in object
-pixels; ``probe`` (K, M, M) complex64; ``object`` (H, W) complex64. Model:
-I_r = fftshift(|fft2(P * S_r O, norm="ortho")|^2).
+Input npz (our convention): ``intensities`` (N, M, M) float32 in detector layout
+(``workers.layout``: far field with the zero frequency at the centre, near field the real-space
+hologram as recorded); ``positions`` (N, 2) float64, (row, col) of the probe window's top-left
+corner in object pixels; ``probe`` (K, M, M) complex64; ``object`` (H, W) complex64. Far-field
+model: I_r = fftshift(|fft2(P * S_r O, norm="ortho")|^2).
 
 Mapping onto pty-chi 2.2 (read from its source):
 
-* Data: pty-chi predicts intensities with the zero frequency at index [0, 0] and its own
-  ``fft_shift`` option applies ``fftshift`` (wrong inverse for odd M), so we ``ifftshift``
-  here and pass ``fft_shift=False``.
+* Data: pty-chi's far field predicts intensities with the zero frequency at index [0, 0] and its
+  own ``fft_shift`` option applies ``fftshift`` (wrong inverse for odd M), so far-field frames
+  (and mask) are ``ifftshift``ed here and ``fft_shift=False`` is passed. Near-field frames are
+  real-space holograms in both codes and go in unshifted (``fft_shift=False`` too).
 * FFT norm: pty-chi's far field is ``fft2`` with norm="backward" (|.|^2 is M^2 times ours), so
   the probe goes in divided by M and comes out multiplied by M; data and loss keep our units.
 * Near field: when the npz also holds ``wavelength``, ``distance`` and ``pixel_size`` (metres),
@@ -90,6 +92,11 @@ def import_ptychi() -> Any:
     return ptychi
 
 
+def to_ptychi(frames: np.ndarray, near: bool) -> np.ndarray:
+    """Detector layout -> pty-chi's: far field zero frequency from the centre to [0, 0]; near field unchanged."""
+    return frames if near else np.fft.ifftshift(frames, axes=(-2, -1))
+
+
 def build_task(
     data: dict[str, np.ndarray],
     engine: str,
@@ -120,7 +127,7 @@ def build_task(
         options.probe_options.rho = 1.0 if near else 0.1
 
     options.data_options.fft_shift = False
-    valid = np.fft.ifftshift(data["mask"].astype(bool)) if "mask" in data else None
+    valid = to_ptychi(data["mask"].astype(bool), near) if "mask" in data else None
     if valid is not None:
         options.data_options.valid_pixel_mask = valid
     if near:
@@ -142,7 +149,7 @@ def build_task(
     positions = np.asarray(data["positions"], dtype=np.float64)
     task = api.task.PtychographyTask(
         options,
-        diffraction_data=np.fft.ifftshift(data["intensities"].astype(np.float32), axes=(-2, -1)),
+        diffraction_data=to_ptychi(data["intensities"].astype(np.float32), near),
         object_data=data["object"].astype(np.complex64)[None],
         probe_data=(data["probe"] / (1 if near else size)).astype(np.complex64)[None],
         probe_position_y_px=positions[:, 0].copy(),
