@@ -1,4 +1,8 @@
-"""Live previews: small amplitude, phase and probe images, throttled, PNG-encoded off the engine thread."""
+"""Live previews: small amplitude, phase and probe images, throttled, PNG-encoded off the engine thread.
+
+They are windowed like result images (``workers.images``): over the scanned region, phase relative
+to its median there, unscanned pixels dimmed; no colour or scale bar.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ import numpy as np
 import torch
 
 from workers.data import ReconState
-from workers.images import KINDS, png
+from workers.images import KINDS, png, threshold
 
 
 @dataclass
 class Preview:
-    """One preview: ``amplitude``/``phase`` of the object and ``probe`` amplitude, at most ``size`` px, float32."""
+    """One preview: ``amplitude``/``phase`` of the object and ``probe`` amplitude, at most ``size`` px, float32;
+    ``region`` (same shape as the object's images): the scanned pixels."""
 
     iteration: int
     frames_used: int
@@ -27,6 +32,7 @@ class Preview:
     amplitude: np.ndarray
     phase: np.ndarray
     probe: np.ndarray
+    region: np.ndarray
     png: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -38,6 +44,25 @@ def _small(image: torch.Tensor, size: int) -> torch.Tensor:
     parts = torch.view_as_real(image).permute(2, 0, 1) if image.is_complex() else image[None]
     pooled = torch.nn.functional.avg_pool2d(parts[None], k, ceil_mode=True)[0]
     return torch.complex(pooled[0], pooled[1]) if image.is_complex() else pooled[0]
+
+
+def _scanned(state: ReconState, size: int) -> np.ndarray:
+    """The scanned region at preview size, as a host boolean mask (see ``workers.images.illumination``).
+
+    The probe intensity summed over the scan is one FFT convolution of the corner counts with the
+    probe intensity on the state's device, block-averaged like the object, then thresholded.
+    """
+    h, w = state.object.shape
+    m = state.probe.shape[-1]
+    if len(state.positions) == 0 or h < m or w < m:
+        return np.ones(tuple(_small(state.object.real, size).shape), bool)
+    power = state.probe.abs().square().sum(0)
+    corner = torch.floor(state.positions + 0.5).long()
+    rows, cols = corner[:, 0].clamp(0, h - m), corner[:, 1].clamp(0, w - m)
+    counts = torch.zeros((h, w), dtype=power.dtype, device=power.device)
+    counts.index_put_((rows, cols), torch.ones_like(rows, dtype=power.dtype), accumulate=True)
+    illum = torch.fft.irfft2(torch.fft.rfft2(counts) * torch.fft.rfft2(power, s=(h, w)), s=(h, w))
+    return threshold(_small(illum, size).cpu().numpy())
 
 
 class PreviewPublisher:
@@ -70,6 +95,7 @@ class PreviewPublisher:
             obj.abs().cpu().numpy().astype(np.float32),
             obj.angle().cpu().numpy().astype(np.float32),
             probe.cpu().numpy().astype(np.float32),
+            _scanned(state, self.size),
         )
         try:
             self._queue.put_nowait(preview)
@@ -83,7 +109,9 @@ class PreviewPublisher:
 
     def _encode(self) -> None:
         while (preview := self._queue.get()) is not None:
-            preview.png = {k: png(getattr(preview, k)) for k in KINDS}
+            preview.png = {
+                k: png(k, getattr(preview, k), None if k == "probe" else preview.region, annotate=False) for k in KINDS
+            }
             self.on_preview(preview)
 
     def close(self) -> None:
