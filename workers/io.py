@@ -2,8 +2,9 @@
 
 Units: CXI stores metres and joules; ``ScanData`` holds pixels. CXI translations are *sample*
 translations in the lab frame, so the probe moves by their negative. The detector's
-``basis_vectors`` (3, 2) give the lab direction of the frame's row and column axes (as cdtools
-reads them; its default [[0, -p], [-p, 0], [0, 0]] where the file has none), so
+``basis_vectors`` (3, 2) (a (2, 3) one is transposed) give the lab direction of the frame's row
+and column axes (as cdtools reads them; its default [[0, -p], [-p, 0], [0, 0]] where the file has
+none), so
 (row, col) = pinv(U) (-t) / (dy, dx) with U the unit basis and the sample-plane pixel
 dx = lambda z / (M p) in the far field, p / magnification in the near field.
 """
@@ -130,6 +131,8 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
     basis = DEFAULT_BASIS
     if f"{DETECTOR}/basis_vectors" in f:
         basis = np.asarray(_read(f[f"{DETECTOR}/basis_vectors"], path), dtype=np.float64)
+        if basis.shape == (2, 3):  # one vector per row; cdtools reads both layouts
+            basis = basis.T
         norms = np.linalg.norm(basis, axis=0) if basis.shape == (3, 2) else np.zeros(1)
         if basis.shape != (3, 2) or not (norms > 0).all():
             raise DataError(f"{path}: basis_vectors: expected a (3, 2) matrix of non-zero columns, got {basis}")

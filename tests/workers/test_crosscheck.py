@@ -124,16 +124,21 @@ def band_limited_case(rng: np.random.Generator, shape: tuple[int, int], m: int, 
     return obj.astype(np.complex64), probe[None].astype(np.complex64), corners
 
 
-def write_near_cxi(path: Path, shape_frames: tuple[int, int, int], corners: np.ndarray) -> None:
-    """A Fresnel-scaling near-field CXI as other tools write it: detector pixel and distance, sample translations."""
+def write_near_cxi(
+    path: Path, shape_frames: tuple[int, int, int], corners: np.ndarray, basis: np.ndarray = DEFAULT_BASIS
+) -> None:
+    """A Fresnel-scaling near-field CXI as other tools write it: detector pixel and distance, sample translations.
+
+    ``basis`` (3, 2) unit lab directions of rows and columns; a non-default one is stored as (2, 3).
+    """
     dx = NEAR_DETECTOR_PIXEL * FOCUS / (FOCUS + NEAR_Z)
-    translation = -((corners + shape_frames[-1] / 2) * dx) @ DEFAULT_BASIS.T
+    translation = -((corners + shape_frames[-1] / 2) * dx) @ basis.T
     with h5py.File(path, "w") as f:
         det = f.create_group("entry_1/instrument_1/detector_1")
         det["data"] = np.ones(shape_frames, np.float32)
         det["distance"] = NEAR_Z
         det["x_pixel_size"] = det["y_pixel_size"] = NEAR_DETECTOR_PIXEL
-        det["basis_vectors"] = DEFAULT_BASIS * NEAR_DETECTOR_PIXEL
+        det["basis_vectors"] = NEAR_DETECTOR_PIXEL * (basis if basis is DEFAULT_BASIS else basis.T)
         f["entry_1/instrument_1/source_1/energy"] = PLANCK_C / WAVELENGTH
         f["entry_1/instrument_1/source_1/wavelength"] = WAVELENGTH
         f["entry_1/sample_1/geometry_1/translation"] = translation
@@ -224,6 +229,17 @@ def test_cdtools_reader_geometry(cases: dict[str, tuple]) -> None:
         if near:
             kernel = NearField(WAVELENGTH, data.geometry.distance, data.geometry.pixel_size, M).kernel.numpy()
             assert np.abs(kernel - model.angular_spectrum_propagator.numpy()).max() < 1e-5
+
+
+def test_cdtools_reader_rotated_basis(cases: dict[str, tuple], tmp_path: Path) -> None:
+    """A detector turned by 90 degrees (rows along +x, columns along -y), its basis stored as (2, 3)."""
+    _, _, _, _, corners = cases["near"]
+    path = tmp_path / "rotated.cxi"
+    write_near_cxi(path, (N, M, M), corners, basis=np.array([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]))
+    data = load_ours(path, True)
+    dataset, model = cdtools_model(path, True, FOCUS)
+    np.testing.assert_allclose(data.positions, corners, atol=1e-9)
+    np.testing.assert_allclose(data.positions, cdtools_pixels(model, dataset) - M / 2, atol=1e-4)
 
 
 @pytest.mark.skipif(not PETRA.exists(), reason="measured PETRA scan not present")
