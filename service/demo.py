@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 
+from service.jobspec import spec_for
 from service.settings import Settings
 from service.store import TERMINAL, JobStore
 from workers.engines.options import EngineName
-from workers.job import JobSpec, StageSpec, StreamInput
+from workers.job import JobRequest, StageSpec, StreamInput
 
 
 def free_port() -> int:
@@ -24,16 +25,11 @@ def free_port() -> int:
 def submit_demo_job(settings: Settings, store: JobStore, *, iterations_after_scan: int) -> str:
     """Queue a stream job listening on a free local port; returns its id."""
     job_id = JobStore.new_id()
-    out = settings.results_root.resolve() / job_id
-    spec = JobSpec(
+    request = JobRequest(
         input=StreamInput(stream=f"tcp://127.0.0.1:{free_port()}", idle_timeout_s=30),
         schedule=[StageSpec(engine=EngineName.RPIE, iterations=iterations_after_scan)],
-        output=str(out / "result.h5"),
-        checkpoint=str(out / "checkpoint.npz"),
-        preview_interval_s=settings.preview_interval_s,
-        save_interval_s=settings.save_interval_s,
     )
-    return store.create(spec=spec, job_id=job_id)
+    return store.create(spec=spec_for(request, settings, job_id), job_id=job_id)
 
 
 def run_detector(store: JobStore, job_id: str, *, positions: int, rate_hz: float, stop: threading.Event) -> None:

@@ -14,10 +14,11 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from service.deps import Authorized, RepliesDep, SettingsDep, StoreDep
+from service.jobspec import spec_for
 from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsPublic, Logs, job_public
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
-from workers.images import png, views
+from workers.images import render_result
 from workers.job import FileInput, JobSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -41,7 +42,7 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, repli
     """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device."""
     job_input = request.input
     if isinstance(job_input, FileInput):
-        job_input = FileInput(file=str(resolve_input(settings, job_input.file)))
+        job_input = job_input.model_copy(update={"file": str(resolve_input(settings, job_input.file))})
     else:
         pre = job_input.preprocess
         files = {
@@ -50,16 +51,11 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, repli
             if (value := getattr(pre, name)) is not None
         }
         job_input = job_input.model_copy(update={"preprocess": pre.model_copy(update=files)})
+    probe = request.probe
+    if probe.file is not None:
+        probe = probe.model_copy(update={"file": str(resolve_input(settings, probe.file, "probe.file"))})
     job_id = JobStore.new_id()
-    out = settings.results_root.resolve() / job_id
-    spec = JobSpec(
-        **request.model_dump(exclude={"input"}),
-        input=job_input,
-        output=str(out / "result.h5"),
-        checkpoint=str(out / "checkpoint.npz"),
-        preview_interval_s=settings.preview_interval_s,
-        save_interval_s=settings.save_interval_s,
-    )
+    spec = spec_for(request.model_copy(update={"input": job_input, "probe": probe}), settings, job_id)
     store.create(spec=spec, job_id=job_id)
     replies.clear()
     return JobCreated(id=job_id)
@@ -170,10 +166,14 @@ def result_file(store: JobStore, job_id: str) -> FsPath:
     responses={200: {"content": {"image/png": {}}}, 404: NOT_FOUND[404], 409: {"description": "No result file"}},
 )
 def get_result_image(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep) -> Response:
-    """The result at full resolution as a PNG: object amplitude or phase, or the probe's (first mode) amplitude."""
+    """The result as an annotated PNG: object amplitude or phase, or the probe's (first mode) amplitude.
+
+    Windowed over the scanned region (phase relative to its median there), with a colour bar, and a
+    scale bar where the result records its pixel size."""
     with h5py.File(result_file(store, job_id), "r") as f:
-        image = views(f["object"][()], f["probe"][()])[kind]
-    return Response(png(image), media_type="image/png")
+        result: dict[str, Any] = {key: f[key][()] for key in ("object", "probe", "positions")}
+        result["attrs"] = dict(f.attrs)
+    return Response(render_result(result, kind), media_type="image/png")
 
 
 @router.post("/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=NOT_FOUND)
