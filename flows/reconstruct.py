@@ -1,5 +1,6 @@
 """The ``reconstruct`` flow: validate the input, run the worker's engine schedule, write the result, record the state.
 
+The flow takes only the job id; its settings come with the job's heartbeat (``flows.heartbeat.job_heartbeat``).
 A failure is an exception: the job is recorded failed and the exception propagates, so Prefect records it too.
 """
 
@@ -11,8 +12,9 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runner import JobRunner
-from service.store import JobState, JobStore
+from flows.heartbeat import Heartbeat, job_heartbeat
+from flows.reporter import JobReporter
+from service.flow_api import JobState, JobStore
 from workers.concurrency import share_cores
 from workers.job import FileInput, JobSpec
 
@@ -33,12 +35,9 @@ def validate_input(store: JobStore, job_id: str, worker: str, lease_s: float) ->
 
 
 @task(cache_policy=NO_CACHE)
-def run_schedule(
-    store: JobStore, job_id: str, spec: JobSpec, worker: str, heartbeat_s: float, lease_s: float
-) -> dict[str, Any]:
+def reconstruct_job(beat: Heartbeat, spec: JobSpec) -> dict[str, Any]:
     """Run the engine schedule on the worker's device; the result file is written at the end (also when stopped)."""
-    runner = JobRunner(store, job_id, worker=worker, heartbeat_s=heartbeat_s, lease_s=lease_s)
-    return runner.run(spec)
+    return JobReporter(beat).run(spec)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -46,24 +45,22 @@ def record(store: JobStore, job_id: str, state: JobState, message: str) -> None:
     """Move the job to its final state (idempotent: a job already there is left alone)."""
     if store.get(job_id)["state"] != state.value:
         store.transition(job_id, to=state, message=message)
-    store.release(job_id)
 
 
 @flow(flow_run_name="recon-{job_id}", log_prints=True)
-def reconstruct(
-    job_id: str, redis_url: str, key_prefix: str, worker: str = "flow", heartbeat_s: float = 1.0, lease_s: float = 10.0
-) -> str:
+def reconstruct(job_id: str) -> str:
     """Reconstruct job ``job_id`` (queued, or claimed by a queue worker); returns its final state."""
     share_cores()
-    store = JobStore.connect(redis_url, key_prefix)
-    try:
-        spec = validate_input(store, job_id, worker, lease_s)
-        attrs = run_schedule(store, job_id, spec, worker, heartbeat_s, lease_s)
-    except Exception as exc:
-        record(store, job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
-        raise
-    stopped = bool(attrs.get("stopped"))
-    state = JobState.CANCELLED if stopped else JobState.SUCCEEDED
-    summary = f"{attrs.get('iterations', 0)} iterations, {attrs.get('frames_used', 0)} frames; result {spec.output}"
-    record(store, job_id, state, ("stopped on request; partial result " if stopped else "") + summary)
+    with job_heartbeat(job_id) as beat:
+        store = beat.store
+        try:
+            spec = validate_input(store, job_id, beat.worker, beat.settings.lease_s)
+            attrs = reconstruct_job(beat, spec)
+        except Exception as exc:
+            record(store, job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        stopped = bool(attrs.get("stopped"))
+        state = JobState.CANCELLED if stopped else JobState.SUCCEEDED
+        summary = f"{attrs.get('iterations', 0)} iterations, {attrs.get('frames_used', 0)} frames; result {spec.output}"
+        record(store, job_id, state, ("stopped on request; partial result " if stopped else "") + summary)
     return state.value

@@ -40,10 +40,14 @@ def test_prefect_yaml_declares_cpu_and_gpu_deployments_of_the_flow() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
     pools = {d["work_pool"]["name"] for d in config["deployments"]}
     assert pools == {"ptychostream-cpu", "ptychostream-gpu"}
+    fields = {f"PTYCHOSTREAM_{name.upper()}" for name in Settings.model_fields}
     for deployment in config["deployments"]:
         module, _, name = deployment["entrypoint"].partition(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
-        assert flow.name == "reconstruct" and set(deployment["parameters"]) <= set(flow.parameters.properties)
+        assert flow.name == "reconstruct" and set(flow.parameters.properties) == {"job_id"}
+        assert "parameters" not in deployment  # settings come from the environment only, read by the flow
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert "PTYCHOSTREAM_REDIS_URL" in env and {k for k in env if k.startswith("PTYCHOSTREAM_")} <= fields
 
 
 def test_kubernetes_manifests_have_the_required_keys() -> None:

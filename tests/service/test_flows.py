@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import h5py
+import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
+from service.settings import Settings
+from service.store import JobStore
 from tests.service.conftest import AUTH, wait_for
 
 
@@ -56,11 +60,50 @@ def test_submit_runs_to_succeeded_with_a_result(client: TestClient, worker: None
 def test_cancel_mid_run_keeps_a_partial_result(client: TestClient, worker: None, scan_file: str) -> None:
     job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 100_000}])
     wait_for(lambda: client.get(f"/api/jobs/{job_id}").json()["progress"]["iteration"] >= 2, 60, "iterations")
+    beats = [t.name for t in threading.enumerate() if t.name.startswith(("heartbeat-", "lease-"))]
+    assert beats == [f"heartbeat-{job_id}"]  # one heartbeat per job
     assert client.post(f"/api/jobs/{job_id}/cancel", headers=AUTH).json()["previous_state"] == "running"
     wait_for(lambda: state(client, job_id) != "running", 30, "the job to stop")
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and "partial result" in job["message"]
     assert client.get(f"/api/jobs/{job_id}/result").status_code == 200
+
+
+def test_a_worker_shutting_down_stops_its_job_with_a_partial_result(
+    client: TestClient, settings: Settings, scan_file: str, prefect: None
+) -> None:
+    from flows.worker import serve_queue
+
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_queue, args=(settings,), kwargs={"stop": stop, "name": "leaving"})
+    thread.start()
+    job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 100_000}])
+    wait_for(lambda: client.get(f"/api/jobs/{job_id}").json()["progress"]["iteration"] >= 2, 60, "iterations")
+    stop.set()
+    thread.join(timeout=60)
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "cancelled" and "partial result" in job["message"]
+    lines = client.get(f"/api/jobs/{job_id}/logs").json()["lines"]
+    assert any("worker leaving shutting down" in line for line in lines)
+
+
+def test_a_deployment_run_takes_the_job_with_settings_from_the_environment(
+    client: TestClient,
+    store: JobStore,
+    settings: Settings,
+    scan_file: str,
+    prefect: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.reconstruct import reconstruct
+
+    for name in ("redis_url", "key_prefix", "heartbeat_s", "lease_s"):
+        monkeypatch.setenv(f"PTYCHOSTREAM_{name.upper()}", str(getattr(settings, name)))
+    job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 2}])
+    assert reconstruct(job_id=job_id) == "succeeded"
+    job = store.get(job_id)
+    assert job["state"] == "succeeded" and job["worker"] == "flow" and store.queue_depth() == 0
+    assert not store.r.exists(store.key("job", job_id, "lease"))  # the heartbeat released it
 
 
 def test_a_failing_job_is_failed_in_redis_and_in_prefect(

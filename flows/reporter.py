@@ -1,15 +1,14 @@
-"""Live hooks of a running job: lease heartbeat, cancellation, progress, ETA and previews into the job store.
+"""The reporter of a running job: the runtime's hooks (progress, ETA, previews, frame counts) into the job store.
 
 Torch-free at import; the worker runtime is imported inside ``run``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from service.store import JobStore
+from flows.heartbeat import Heartbeat
 from workers.job import JobSpec
 
 if TYPE_CHECKING:
@@ -18,15 +17,11 @@ if TYPE_CHECKING:
     from workers.stream.receiver import Receiver
 
 
-class JobRunner:
-    """Runs one claimed job's spec and reports into ``store`` while it runs."""
+class JobReporter:
+    """Reports one claimed job into the store through the runtime's hooks; stopped by its heartbeat's ``cancel``."""
 
-    def __init__(self, store: JobStore, job_id: str, *, worker: str, heartbeat_s: float, lease_s: float) -> None:
-        self.store, self.job_id, self.worker = store, job_id, worker
-        self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
-        self.cancel = threading.Event()
-        self._done = threading.Event()
-        self._receiver: Receiver | None = None
+    def __init__(self, beat: Heartbeat) -> None:
+        self.beat, self.store, self.job_id = beat, beat.store, beat.job_id
         self._started = time.perf_counter()
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
@@ -36,43 +31,28 @@ class JobRunner:
         """Run ``spec`` to its result file; returns the result's attributes (``stopped`` when cancelled)."""
         from workers.runtime import run_job
 
-        beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.job_id}", daemon=True)
-        beat.start()
-        try:
-            result = run_job(
-                spec,
-                on_progress=self._on_progress,
-                on_preview=self._on_preview,
-                cancel=self.cancel,
-                on_listening=self._on_listening,
-            )
-        finally:
-            self._done.set()
-            beat.join()
+        result = run_job(
+            spec,
+            on_progress=self._on_progress,
+            on_preview=self._on_preview,
+            cancel=self.beat.cancel,
+            on_listening=self._on_listening,
+        )
         return {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float | bool)}
 
-    def _heartbeat(self) -> None:
-        while not self._done.wait(self.heartbeat_s):
-            self.store.renew(self.job_id, worker=self.worker, lease_s=self.lease_s)
-            if self.store.cancel_requested(self.job_id):
-                self.cancel.set()
-            if self._receiver is not None:
-                self._publish_frames(self._receiver)
-
     def _publish_frames(self, receiver: Receiver) -> None:
-        counters = receiver.assembler.counters.as_dict()
-        start = receiver.assembler.start
+        counters, scan = receiver.counters(), receiver.scan()
         now, received = time.perf_counter(), int(counters["received"])
         t0, n0 = self._frames
         rate = (received - n0) / (now - t0) if now > t0 else 0.0
         self._frames = (now, received)
         values: dict[str, float | int | str] = {"frames_received": received, "frames_rate": round(rate, 2)}
-        if start is not None and start.expected_frames:
-            values["frames_expected"] = start.expected_frames
+        if scan is not None and scan.expected_frames:
+            values["frames_expected"] = scan.expected_frames
         self.store.progress(self.job_id, values)
 
     def _on_listening(self, receiver: Receiver) -> None:
-        self._receiver = receiver
+        self.beat.listen(lambda: self._publish_frames(receiver))
         self.store.progress(self.job_id, {"listening": receiver.endpoint})
         self.store.log(self.job_id, f"listening on {receiver.endpoint}")
 
