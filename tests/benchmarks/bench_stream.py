@@ -34,8 +34,9 @@ from workers.previews import Preview, PreviewPublisher  # noqa: E402
 from workers.runtime import Hooks, Stage, run_schedule, run_stream  # noqa: E402
 from workers.simulate import simulate  # noqa: E402
 from workers.stream import codecs  # noqa: E402
-from workers.stream import protocol as p  # noqa: E402
 from workers.stream.detector import replay  # noqa: E402
+from workers.stream.formats import FORMATS, native  # noqa: E402
+from workers.stream.protocol import Protocol, ScanStart  # noqa: E402
 from workers.stream.receiver import Receiver  # noqa: E402
 
 BATCH = 16
@@ -48,28 +49,21 @@ def encode(kind: str, compression: str | None, n: int, batch: int = 1) -> list[l
     codecs.serial_openmp()
     rng = np.random.default_rng(0)
     pool = rng.poisson(rng.uniform(0.5, 20, (16, 128, 128))).astype(np.uint16)
-    start = p.ScanStart("1", (128, 128), "uint16", 8000.0, 2.0, 75e-6, "far", n)
+    start = ScanStart("1", (128, 128), "uint16", 8000.0, 2.0, 75e-6, "far", n)
     position = np.zeros(3)
-    msgs: list[list[bytes]] = []
-    if kind == "native" and batch > 1:
-        msgs.append(p.encode_native_start(start))
+    fmt = FORMATS[Protocol(kind)]
+    msgs = [fmt.encode_start(start)]
+    if batch > 1:  # native "frames" messages
         for first in range(0, n, batch):
             index = list(range(first, min(first + batch, n)))
-            msgs.append(p.encode_native_frames("1", index, [pool[i % 16] for i in index], [position] * len(index)))
-        msgs.append(p.encode_native_end("1", n))
-    elif kind == "native":
-        msgs.append(p.encode_native_start(start))
-        msgs += [p.encode_native_frame("1", i, pool[i % 16], position) for i in range(n)]
-        msgs.append(p.encode_native_end("1", n))
-    elif kind == "dectris-v1":
-        msgs.append(p.encode_v1_start(start))
-        for i in range(n):
-            msgs += [p.encode_v1_frame("1", i, pool[i % 16], compression), p.encode_position("1", i, position)]
-        msgs.append(p.encode_v1_end("1"))
+            msgs.append(native.encode_frames("1", index, [pool[i % 16] for i in index], [position] * len(index)))
     else:
-        msgs.append(p.encode_v2_start(start))
-        msgs += [p.encode_v2_frame("1", i, pool[i % 16], position, compression) for i in range(n)]
-        msgs.append(p.encode_v2_end("1"))
+        for i in range(n):
+            where = position if fmt.positions_in_frames else None
+            msgs.append(fmt.encode_frame("1", i, pool[i % 16], where, compression))
+            if where is None:
+                msgs.append(native.encode_position("1", i, position))
+    msgs.append(fmt.encode_end("1", n))
     return [[bytes(memoryview(x).cast("B")) for x in m] for m in msgs]
 
 
@@ -95,7 +89,7 @@ def ingest(kind: str, compression: str | None, n: int, batch: int = 1) -> dict[s
         time.sleep(DRAIN_EVERY_S)
         drained += len(receiver.buffer.drain()[0])
     proc.join()
-    c = receiver.counters.as_dict()
+    c = receiver.counters()
     receiver.close()
     lossless = c["received"] == drained == n and not c["frames_rejected"] and not c["missing"] and not c["duplicates"]
     return {"frames_per_s": c["frames_per_s"], "mb_per_s": c["bytes_per_s"] / 1e6, "lossless": lossless}

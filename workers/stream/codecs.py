@@ -1,6 +1,7 @@
-"""Frame compressions of the DECTRIS streams, decoded by well-kept libraries (``bitshuffle``, ``lz4``).
+"""Frame payloads: the compressions of the DECTRIS streams, decoded by well-kept libraries (``bitshuffle``,
+``lz4``), and ``decode_array``, the one place a payload (raw or compressed) becomes an array.
 
-Both use the HDF5-filter framing: a 12-byte header (uint64 big-endian uncompressed size,
+Both compressions use the HDF5-filter framing: a 12-byte header (uint64 big-endian uncompressed size,
 uint32 big-endian block size in bytes), then per block a uint32 big-endian compressed size
 and an LZ4 block. Bitshuffle-LZ4 additionally bit-transposes each block (element size given).
 """
@@ -43,7 +44,29 @@ BLOCK = struct.Struct(">I")
 
 
 class CodecError(ValueError):
-    """A compressed buffer that does not decode (corrupt or truncated)."""
+    """A buffer that does not decode (corrupt, truncated, or the wrong size)."""
+
+
+class UnknownCodec(CodecError):
+    """A compression algorithm this module does not know."""
+
+
+def decode_array(
+    buffer: bytes | memoryview, shape: tuple[int, int], dtype: np.dtype, algorithm: str | None, *, raw_lz4: bool = False
+) -> np.ndarray:
+    """``buffer`` as an array ``shape`` of ``dtype``: as it is (no copy; its size must fit) where ``algorithm``
+    is None, else decompressed: 'bslz4', or 'lz4' (HDF5 framing; a bare block with ``raw_lz4``)."""
+    nbytes = shape[0] * shape[1] * dtype.itemsize
+    if algorithm is None:
+        if memoryview(buffer).nbytes != nbytes:
+            raise CodecError(f"{memoryview(buffer).nbytes} bytes for {shape} {dtype}")
+        return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    if algorithm == "bslz4":
+        return decompress_bslz4(buffer, shape, dtype)
+    if algorithm == "lz4":
+        raw = decompress_lz4_raw(buffer, nbytes) if raw_lz4 else decompress_lz4_hdf5(buffer, nbytes)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    raise UnknownCodec(f"compression {algorithm!r}")
 
 
 def decompress_bslz4(buffer: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

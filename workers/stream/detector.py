@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from workers.data import PLANCK_C, ScanData
-from workers.io import translations_from_corners
-from workers.stream import protocol
-from workers.stream.geometry import ELECTRONVOLT
+from workers import units
+from workers.data import ScanData
+from workers.stream.formats import FORMATS, native
 from workers.stream.protocol import Part, Protocol, ScanStart
 
 
@@ -60,14 +59,13 @@ def scan_start(data: ScanData, scan_id: str, dtype: str) -> ScanStart:
     g, m = data.geometry, data.frame_size
     if g.wavelength <= 0 or g.distance <= 0 or g.pixel_size <= 0:
         raise ValueError(f"{data.source}: replay needs wavelength, distance and pixel size, got {g}")
-    detector_pixel = g.wavelength * g.distance / (m * g.pixel_size) if g.kind == "far" else g.pixel_size
     return ScanStart(
         scan_id,
         (m, m),
         dtype,
-        PLANCK_C / g.wavelength / ELECTRONVOLT,
+        units.energy_ev_from_wavelength(g.wavelength),
         g.distance,
-        detector_pixel,
+        units.detector_pixel(g.kind, g.pixel_size, g.wavelength, g.distance, m),
         g.kind,
         data.n_frames,
         data.probe,
@@ -79,34 +77,6 @@ def wire_dtype(data: ScanData) -> str:
     """uint16 where every intensity is a count that fits, else float32."""
     i = data.intensities
     return "uint16" if float(i.max()) <= 65535 and np.array_equal(i, np.round(i)) else "float32"
-
-
-class Encoder:
-    """Turns a scan into messages of one protocol (``compression`` for the DECTRIS formats)."""
-
-    def __init__(self, kind: Protocol, compression: str | None = None) -> None:
-        self.kind, self.compression = kind, compression
-
-    def start(self, start: ScanStart) -> list[Part]:
-        if self.kind == Protocol.NATIVE:
-            return protocol.encode_native_start(start)
-        if self.kind == Protocol.DECTRIS_V1:
-            return protocol.encode_v1_start(start)
-        return protocol.encode_v2_start(start)
-
-    def frame(self, scan_id: str, index: int, frame: np.ndarray, position_m: np.ndarray | None) -> list[Part]:
-        if self.kind == Protocol.NATIVE:
-            return protocol.encode_native_frame(scan_id, index, frame, position_m)
-        if self.kind == Protocol.DECTRIS_V1:
-            return protocol.encode_v1_frame(scan_id, index, frame, self.compression)
-        return protocol.encode_v2_frame(scan_id, index, frame, position_m, self.compression)
-
-    def end(self, scan_id: str, frames_sent: int) -> list[Part]:
-        if self.kind == Protocol.NATIVE:
-            return protocol.encode_native_end(scan_id, frames_sent)
-        if self.kind == Protocol.DECTRIS_V1:
-            return protocol.encode_v1_end(scan_id)
-        return protocol.encode_v2_end(scan_id)
 
 
 def corrupt(parts: list[Part], rng: np.random.Generator) -> list[Part]:
@@ -145,9 +115,9 @@ def replay(
         raise ValueError(f"batch must be 1, or >= 1 with the native protocol (got {batch} with {kind})")
     dtype = wire_dtype(data)
     frames = np.clip(data.intensities, 0, None).astype(dtype)
-    translations = translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size)
-    separate = positions_endpoint is not None or kind == Protocol.DECTRIS_V1
-    enc = Encoder(kind, compression)
+    translations = units.translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size)
+    fmt = FORMATS[kind]
+    separate = positions_endpoint is not None or not fmt.positions_in_frames
     rng = np.random.default_rng(faults.seed)
     report = ReplayReport()
     context = zmq.Context()
@@ -171,12 +141,12 @@ def replay(
         """Send the pending frames: one message each, or one ``frames`` message (a corrupted frame: its own part)."""
         if batch == 1:
             for i, frame, bad in pending:
-                parts = enc.frame(scan_id, i, frame, None if separate else translations[i])
+                parts = fmt.encode_frame(scan_id, i, frame, None if separate else translations[i], compression)
                 send(sock, corrupt(parts, rng) if bad else parts)
         elif pending:
             index = [i for i, _, _ in pending]
             where = None if separate else [translations[i] for i in index]
-            parts = protocol.encode_native_frames(scan_id, index, [f for _, f, _ in pending], where)
+            parts = native.encode_frames(scan_id, index, [f for _, f, _ in pending], where)
             for k, (_, _, bad) in enumerate(pending):
                 if bad:
                     parts = [*parts[: k + 1], *corrupt([parts[k + 1]], rng), *parts[k + 2 :]]
@@ -194,14 +164,14 @@ def replay(
         events += [(j + position_lag + 0.5, "position", j) for j in range(data.n_frames)]
     events.sort()
     try:
-        send(sock, enc.start(scan_start(data, scan_id, dtype)))
+        send(sock, fmt.encode_start(scan_start(data, scan_id, dtype)))
         report.started_s = time.time()
         t0 = time.perf_counter()
         for key, what, i in events:
             if stop is not None and stop.is_set():
                 break
             if what == "position":
-                send(psock, protocol.encode_position(scan_id, i, translations[i]))
+                send(psock, native.encode_position(scan_id, i, translations[i]))
                 continue
             if rate_hz:
                 delay = t0 + key / rate_hz - time.perf_counter()
@@ -222,7 +192,7 @@ def replay(
             if len(pending) >= batch:
                 send_frames()
         send_frames()
-        send(sock, enc.end(scan_id, data.n_frames))
+        send(sock, fmt.encode_end(scan_id, data.n_frames))
     finally:
         sock.close()
         if psock is not sock:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.stream import protocol as p
+from workers.stream.formats import dectris_v1, dectris_v2, native
 
 HERE = Path(__file__).parent
 FRAME = np.arange(48, dtype=np.uint16).reshape(6, 8)
@@ -25,24 +26,24 @@ MASKED = dataclasses.replace(START, valid=VALID)
 
 def messages() -> dict[str, list[p.Part]]:
     return {
-        "native_start": p.encode_native_start(START),
-        "native_start_mask": p.encode_native_start(MASKED),
-        "native_frame": p.encode_native_frame("7", 1, FRAME, POSITION),
-        "native_frames": p.encode_native_frames("7", [1, 2], [FRAME, FRAME + 1], [POSITION, 2 * POSITION]),
-        "native_position": p.encode_position("7", 1, POSITION),
-        "native_end": p.encode_native_end("7", 3),
-        "dectris_v1_start": p.encode_v1_start(START),
-        "dectris_v1_start_mask": p.encode_v1_start(MASKED),
-        "dectris_v1_frame": p.encode_v1_frame("7", 1, FRAME, None),
-        "dectris_v1_frame_bslz4": p.encode_v1_frame("7", 1, FRAME, "bslz4"),
-        "dectris_v1_frame_lz4": p.encode_v1_frame("7", 1, FRAME, "lz4"),
-        "dectris_v1_end": p.encode_v1_end("7"),
-        "dectris_v2_start": p.encode_v2_start(START),
-        "dectris_v2_start_mask": p.encode_v2_start(MASKED),
-        "dectris_v2_frame": p.encode_v2_frame("7", 1, FRAME, POSITION, None),
-        "dectris_v2_frame_bslz4": p.encode_v2_frame("7", 1, FRAME, POSITION, "bslz4"),
-        "dectris_v2_frame_lz4": p.encode_v2_frame("7", 1, FRAME, POSITION, "lz4"),
-        "dectris_v2_end": p.encode_v2_end("7"),
+        "native_start": native.encode_start(START),
+        "native_start_mask": native.encode_start(MASKED),
+        "native_frame": native.encode_frame("7", 1, FRAME, POSITION),
+        "native_frames": native.encode_frames("7", [1, 2], [FRAME, FRAME + 1], [POSITION, 2 * POSITION]),
+        "native_position": native.encode_position("7", 1, POSITION),
+        "native_end": native.encode_end("7", 3),
+        "dectris_v1_start": dectris_v1.encode_start(START),
+        "dectris_v1_start_mask": dectris_v1.encode_start(MASKED),
+        "dectris_v1_frame": dectris_v1.encode_frame("7", 1, FRAME, None, None),
+        "dectris_v1_frame_bslz4": dectris_v1.encode_frame("7", 1, FRAME, None, "bslz4"),
+        "dectris_v1_frame_lz4": dectris_v1.encode_frame("7", 1, FRAME, None, "lz4"),
+        "dectris_v1_end": dectris_v1.encode_end("7"),
+        "dectris_v2_start": dectris_v2.encode_start(START),
+        "dectris_v2_start_mask": dectris_v2.encode_start(MASKED),
+        "dectris_v2_frame": dectris_v2.encode_frame("7", 1, FRAME, POSITION, None),
+        "dectris_v2_frame_bslz4": dectris_v2.encode_frame("7", 1, FRAME, POSITION, "bslz4"),
+        "dectris_v2_frame_lz4": dectris_v2.encode_frame("7", 1, FRAME, POSITION, "lz4"),
+        "dectris_v2_end": dectris_v2.encode_end("7"),
     }
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from workers.stream import codecs
 from workers.stream import protocol as p
+from workers.stream.formats import FORMATS, decode, dectris_v1, dectris_v2, native
 
 DATA = Path(__file__).parents[2] / "data" / "stream"
 FRAME = np.arange(48, dtype=np.uint16).reshape(6, 8)
@@ -24,34 +25,34 @@ def recorded(name: str) -> list[bytes]:
 
 @pytest.mark.parametrize("fmt", ["native", "dectris_v1", "dectris_v2"])
 def test_recorded_scan_messages_decode(fmt: str) -> None:
-    start = p.decode(recorded(f"{fmt}_start"))
+    start = decode(recorded(f"{fmt}_start"))
     assert isinstance(start, p.ScanStart)
     assert (start.scan_id, start.shape, start.dtype, start.expected_frames) == ("7", (6, 8), "uint16", 3)
     assert (start.energy_ev, start.distance_m, start.pixel_size_m) == (8000.0, 2.0, 75e-6)
     assert start.protocol == p.Protocol(fmt.replace("_", "-"))
-    end = p.decode(recorded(f"{fmt}_end"))
+    end = decode(recorded(f"{fmt}_end"))
     assert isinstance(end, p.ScanEnd) and end.scan_id == "7"
 
 
 @pytest.mark.parametrize("fmt", ["native", "dectris_v1", "dectris_v2"])
 def test_recorded_start_carries_the_detector_pixel_mask(fmt: str) -> None:
-    start = p.decode(recorded(f"{fmt}_start_mask"))
+    start = decode(recorded(f"{fmt}_start_mask"))
     assert isinstance(start, p.ScanStart) and start.valid is not None
     assert start.valid.shape == (6, 8) and sorted(zip(*np.nonzero(~start.valid), strict=True)) == [(2, 5), (4, 0)]
-    assert p.decode(recorded(f"{fmt}_start")).valid is None
+    assert decode(recorded(f"{fmt}_start")).valid is None
 
 
 def test_stream_v2_start_reads_dectris_field_names() -> None:
     """DECTRIS's start message: pixel_size_x, detector_translation z as the distance, energy from the wavelength."""
     msg = {"type": "start", "series_id": 3, "image_size_x": 8, "image_size_y": 6, "pixel_size_x": 75e-6}
     msg |= {"incident_wavelength": 1.0, "detector_translation": [0.01, -0.02, 5.5], "number_of_images": 10}
-    start = p.decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
+    start = decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
     assert isinstance(start, p.ScanStart)
     assert (start.scan_id, start.shape, start.pixel_size_m, start.distance_m) == ("3", (6, 8), 75e-6, 5.5)
     assert start.energy_ev == pytest.approx(12398.42, rel=1e-6) and start.expected_frames == 10
     del msg["detector_translation"]
     with pytest.raises(p.MalformedMessage, match="detector_distance"):
-        p.decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
+        decode([p.CBOR_MAGIC + cbor2.dumps(msg)])
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_stream_v2_start_reads_dectris_field_names() -> None:
     + ["dectris_v2_frame", "dectris_v2_frame_bslz4", "dectris_v2_frame_lz4"],
 )
 def test_recorded_frames_decode_to_the_frame(name: str) -> None:
-    frame = p.decode(recorded(name))
+    frame = decode(recorded(name))
     assert isinstance(frame, p.Frame)
     assert (frame.scan_id, frame.index) == ("7", 1)
     np.testing.assert_array_equal(frame.data, FRAME)
@@ -71,7 +72,7 @@ def test_recorded_frames_decode_to_the_frame(name: str) -> None:
 
 
 def test_recorded_frames_batch() -> None:
-    batch = p.decode(recorded("native_frames"))
+    batch = decode(recorded("native_frames"))
     assert isinstance(batch, p.FrameBatch) and not batch.corrupt
     assert [(f.scan_id, f.index) for f in batch.frames] == [("7", 1), ("7", 2)]
     np.testing.assert_array_equal(batch.frames[1].data, FRAME + 1)
@@ -79,7 +80,7 @@ def test_recorded_frames_batch() -> None:
 
 
 def test_recorded_position() -> None:
-    pos = p.decode(recorded("native_position"))
+    pos = decode(recorded("native_position"))
     assert isinstance(pos, p.Position) and pos.index == 1
     np.testing.assert_array_equal(pos.position_m, POSITION)
 
@@ -89,11 +90,11 @@ def test_recorded_position() -> None:
 def test_round_trip_every_format(dtype: str, compression: str | None) -> None:
     frame = np.random.default_rng(0).integers(0, 200, (64, 48)).astype(dtype)
     for parts in (
-        p.encode_native_frame("3", 9, frame, POSITION),
-        p.encode_v1_frame("3", 9, frame, compression),
-        p.encode_v2_frame("3", 9, frame, POSITION, compression),
+        native.encode_frame("3", 9, frame, POSITION),
+        dectris_v1.encode_frame("3", 9, frame, None, compression),
+        dectris_v2.encode_frame("3", 9, frame, POSITION, compression),
     ):
-        out = p.decode([bytes(memoryview(x).cast("B")) for x in parts])
+        out = decode([bytes(memoryview(x).cast("B")) for x in parts])
         assert isinstance(out, p.Frame) and out.index == 9 and out.data.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(out.data, frame)
 
@@ -101,49 +102,49 @@ def test_round_trip_every_format(dtype: str, compression: str | None) -> None:
 def test_native_start_carries_the_probe_guess() -> None:
     probe = (np.arange(2 * 4 * 4) * (1 + 1j)).astype(np.complex64).reshape(2, 4, 4)
     start = p.ScanStart("1", (4, 4), "float32", 9000.0, 1.0, 5e-5, "near", None, probe)
-    out = p.decode(p.encode_native_start(start))
+    out = decode(native.encode_start(start))
     assert isinstance(out, p.ScanStart) and out.propagation == "near"
     np.testing.assert_array_equal(out.probe, probe)
 
 
-def native(**fields: object) -> list[bytes]:
+def native_header(**fields: object) -> list[bytes]:
     head = {"protocol": "ptychostream", "version": 1, "type": "end", "scan_id": "1", **fields}
     return [json.dumps(head).encode()]
 
 
 def test_specific_errors() -> None:
     with pytest.raises(p.UnknownVersion):
-        p.decode(native(version=2))
+        decode(native_header(version=2))
     with pytest.raises(p.UnknownType):
-        p.decode(native(type="calibration"))
+        decode(native_header(type="calibration"))
     with pytest.raises(p.UnknownType):
-        p.decode([json.dumps({"htype": "dpixelmask-1.0", "series": 1}).encode()])
+        decode([json.dumps({"htype": "dpixelmask-1.0", "series": 1}).encode()])
     with pytest.raises(p.UnknownEncoding):
-        p.decode([b"\x00\x01binary"])
+        decode([b"\x00\x01binary"])
     parts = recorded("dectris_v1_frame")
     desc = json.loads(parts[1])
     desc["encoding"] = "bs16-zstd<"
     with pytest.raises(p.UnknownEncoding):
-        p.decode([parts[0], json.dumps(desc).encode(), parts[2]])
+        decode([parts[0], json.dumps(desc).encode(), parts[2]])
     with pytest.raises(p.UnknownType):
-        p.decode([p.CBOR_MAGIC + cbor2.dumps({"type": "calibration", "series_id": 1})])
+        decode([p.CBOR_MAGIC + cbor2.dumps({"type": "calibration", "series_id": 1})])
     with pytest.raises(p.MalformedMessage):
-        p.decode(native(scan_id=None))
+        decode(native_header(scan_id=None))
     with pytest.raises(p.MalformedMessage):
-        p.decode([b"{not json"])
+        decode([b"{not json"])
 
 
 def test_corrupt_payload_names_the_frame() -> None:
     head, body = recorded("native_frame")
     with pytest.raises(p.CorruptFrame) as err:
-        p.decode([head, body[:-2] + b"\xff\xff"])
+        decode([head, body[:-2] + b"\xff\xff"])
     assert (err.value.index, err.value.reason) == (1, "checksum")
     message = bytearray(recorded("dectris_v2_frame_bslz4")[0])
     blob = codecs.compress_bslz4(FRAME)
     at = message.find(blob) + 12  # past the HDF5-framing header: the first block's size
     message[at : at + 4] = b"\xff\xff\xff\x00"
     with pytest.raises(p.CorruptFrame) as err:
-        p.decode([bytes(message)])
+        decode([bytes(message)])
     assert (err.value.index, err.value.reason) == (1, "decompression")
 
 
@@ -169,7 +170,7 @@ def test_garbage_raises_only_protocol_errors() -> None:
         else:
             parts = [bytes(base[int(k)]) for k in rng.integers(0, len(base), size=int(rng.integers(1, 5)))]
         try:
-            p.decode(parts)
+            decode(parts)
         except p.ProtocolError:
             pass
 
@@ -177,8 +178,8 @@ def test_garbage_raises_only_protocol_errors() -> None:
 def test_frames_batch_round_trips_and_rejects_only_its_corrupt_frames() -> None:
     frames = [np.full((6, 8), k, np.uint16) for k in range(4)]
     positions = [POSITION * k for k in range(4)]
-    parts = [bytes(memoryview(x).cast("B")) for x in p.encode_native_frames("3", [5, 6, 7, 9], frames, positions)]
-    out = p.decode(parts)
+    parts = [bytes(memoryview(x).cast("B")) for x in native.encode_frames("3", [5, 6, 7, 9], frames, positions)]
+    out = decode(parts)
     assert isinstance(out, p.FrameBatch) and not out.corrupt
     assert [f.index for f in out.frames] == [5, 6, 7, 9]
     for f, want, where in zip(out.frames, frames, positions, strict=True):
@@ -186,10 +187,10 @@ def test_frames_batch_round_trips_and_rejects_only_its_corrupt_frames() -> None:
         np.testing.assert_array_equal(f.position_m, where)
     parts[2] = b"\x00" + parts[2][1:]  # frame 6: checksum
     parts[4] = parts[4][:-2]  # frame 9: size (its checksum no longer matches either)
-    out = p.decode(parts)
+    out = decode(parts)
     assert isinstance(out, p.FrameBatch) and [f.index for f in out.frames] == [5, 7]
     assert [(c.index, c.reason) for c in out.corrupt] == [(6, "checksum"), (9, "checksum")]
-    out = p.decode(parts[:3])
+    out = decode(parts[:3])
     assert isinstance(out, p.FrameBatch) and not out.frames and {c.reason for c in out.corrupt} == {"parts"}
 
 
@@ -200,4 +201,27 @@ def test_frames_batch_round_trips_and_rejects_only_its_corrupt_frames() -> None:
 def test_frames_batch_with_a_bad_header_is_malformed(fields: dict) -> None:
     head = {"scan_id": "3", "dtype": "uint16", "shape": [2, 2], **fields}
     with pytest.raises(p.MalformedMessage):
-        p.decode([json.dumps({"protocol": "ptychostream", "version": 1, "type": "frames", **head}).encode(), b"\0" * 8])
+        decode([json.dumps({"protocol": "ptychostream", "version": 1, "type": "frames", **head}).encode(), b"\0" * 8])
+
+
+def test_every_format_refuses_a_pixel_mask_of_the_wrong_shape() -> None:
+    """The three start decoders agree: a mask that does not match the frames makes the start malformed."""
+    start = p.ScanStart("7", (6, 8), "uint16", 8000.0, 2.0, 75e-6, "far", 3, valid=np.ones((8, 6), bool))
+    for fmt in FORMATS.values():
+        parts = [bytes(memoryview(x).cast("B")) for x in fmt.encode_start(start)]
+        with pytest.raises(p.MalformedMessage, match=r"pixel mask of shape \(8, 6\) does not match frames"):
+            decode(parts)
+
+
+def test_the_format_table_covers_every_protocol_and_round_trips() -> None:
+    assert set(FORMATS) == set(p.Protocol)
+    start = p.ScanStart("7", (6, 8), "uint16", 8000.0, 2.0, 75e-6, "far", 3)
+    for kind, fmt in FORMATS.items():
+        assert p.detect(fmt.encode_start(start))[0] == kind
+        out = decode(fmt.encode_start(start))
+        assert isinstance(out, p.ScanStart) and out.protocol == kind and out.shape == (6, 8)
+        frame = decode(fmt.encode_frame("7", 2, FRAME, POSITION, "bslz4"))
+        assert isinstance(frame, p.Frame) and frame.index == 2
+        np.testing.assert_array_equal(frame.data, FRAME)
+        assert (frame.position_m is not None) == fmt.positions_in_frames
+        assert isinstance(decode(fmt.encode_end("7", 3)), p.ScanEnd)

@@ -11,6 +11,7 @@ import zmq
 from workers.data import ScanData
 from workers.stream import protocol as p
 from workers.stream.detector import Faults, ReplayReport, replay
+from workers.stream.formats import dectris_v1, native
 from workers.stream.protocol import Protocol
 from workers.stream.receiver import Receiver
 
@@ -42,7 +43,7 @@ def receive(
             batch=batch,
         )
         assert receiver.done.wait(20)
-        return report, receiver.counters.as_dict(), receiver.buffer.drain()
+        return report, receiver.counters(), receiver.buffer.drain()
     finally:
         receiver.close()
 
@@ -108,13 +109,13 @@ def test_frames_without_positions_are_rejected_after_the_grace_period() -> None:
     push.connect(receiver.endpoint)
     frame = np.ones((16, 16), np.uint16)
     try:
-        push.send_multipart(p.encode_v1_start(p.ScanStart("4", (16, 16), "uint16", 8e3, 2.0, 75e-6, "far", 5)))
+        push.send_multipart(dectris_v1.encode_start(p.ScanStart("4", (16, 16), "uint16", 8e3, 2.0, 75e-6, "far", 5)))
         for i in range(5):
-            push.send_multipart(p.encode_v1_frame("4", i, frame, "bslz4"))
-        push.send_multipart(p.encode_position("4", 2, np.zeros(3)))
-        push.send_multipart(p.encode_v1_end("4"))
+            push.send_multipart(dectris_v1.encode_frame("4", i, frame, None, "bslz4"))
+        push.send_multipart(native.encode_position("4", 2, np.zeros(3)))
+        push.send_multipart(dectris_v1.encode_end("4"))
         assert receiver.done.wait(10)
-        c = receiver.counters.as_dict()
+        c = receiver.counters()
     finally:
         push.close(0)
         context.term()
@@ -150,7 +151,7 @@ def test_garbage_never_kills_the_receiver(small_scan: ScanData) -> None:
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(receiver.endpoint)
-    frame = p.encode_native_frame("other", 0, np.ones((64, 64), np.uint16), None)
+    frame = native.encode_frame("other", 0, np.ones((64, 64), np.uint16), None)
     valid = [bytes(memoryview(x).cast("B")) for x in frame]
     try:
         for k in range(3000):
@@ -165,7 +166,7 @@ def test_garbage_never_kills_the_receiver(small_scan: ScanData) -> None:
             push.send_multipart(parts)
         replay(data, receiver.endpoint)
         assert receiver.done.wait(20)
-        c = receiver.counters.as_dict()
+        c = receiver.counters()
         assert not receiver.buffer.drain()[0].tolist() == []
     finally:
         push.close(0)
@@ -178,7 +179,7 @@ def test_garbage_never_kills_the_receiver(small_scan: ScanData) -> None:
 @pytest.mark.parametrize("kind", [Protocol.NATIVE, Protocol.DECTRIS_V1, Protocol.DECTRIS_V2])
 def test_the_detector_pixel_mask_reaches_the_engine_mask(small_scan: ScanData, kind: Protocol) -> None:
     """A scan with bad pixels: the start message carries the mask, the receiver zeroes those pixels and
-    hands the mask on (``Assembler.mask``, what the engines get)."""
+    hands the mask on (``Receiver.scan().mask``, what the engines get)."""
     valid = np.ones((64, 64), bool)
     valid[3, 7] = valid[40:44, 60] = False
     data = small_scan.subset(slice(0, 20))
@@ -188,11 +189,11 @@ def test_the_detector_pixel_mask_reaches_the_engine_mask(small_scan: ScanData, k
         replay(data, receiver.endpoint, kind=kind)
         assert receiver.done.wait(20)
         index, frames, _ = receiver.buffer.drain()
-        mask = receiver.assembler.mask
+        scan = receiver.scan()
     finally:
         receiver.close()
-    assert len(index) == 20 and mask is not None
-    np.testing.assert_array_equal(mask, valid)
+    assert len(index) == 20 and scan is not None and scan.mask is not None
+    np.testing.assert_array_equal(scan.mask, valid)
     assert (frames[:, ~valid] == 0).all()
     np.testing.assert_array_equal(frames[:, valid], data.intensities[index][:, valid])
 
@@ -215,23 +216,23 @@ def test_frames_waiting_for_late_positions_are_bounded_too(small_scan: ScanData)
     finally:
         sender.join()
         receiver.close()
-        peak = receiver.counters.waiting_peak
+        peak = receiver.counters()["waiting_peak"]
     assert 0 < peak <= 8
     assert sorted(got) == list(range(small_scan.n_frames))
 
 
 def test_a_huge_frame_index_is_accounted_without_building_the_range() -> None:
     """No expected count and a (garbage) index of 10**12: closing the scan counts the gap arithmetically."""
+    from workers.stream.assembler import Assembler, FrameBuffer
     from workers.stream.preprocess import Preprocessor
-    from workers.stream.receiver import Assembler, FrameBuffer
 
     asm = Assembler(FrameBuffer(16), Preprocessor(), threading.Event())
-    asm.handle(p.encode_native_start(p.ScanStart("9", (8, 8), "uint16", 8e3, 2.0, 75e-6, "far", None)))
+    asm.handle(native.encode_start(p.ScanStart("9", (8, 8), "uint16", 8e3, 2.0, 75e-6, "far", None)))
     for index in (0, 1, 10**12):
         asm.handle(
             [
                 bytes(memoryview(x).cast("B"))
-                for x in p.encode_native_frame("9", index, np.ones((8, 8), np.uint16), np.zeros(3))
+                for x in native.encode_frame("9", index, np.ones((8, 8), np.uint16), np.zeros(3))
             ]
         )
     c = asm.finish()

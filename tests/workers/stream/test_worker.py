@@ -117,7 +117,7 @@ def test_replay_cli_feeds_a_receiver(small_scan: ScanData, tmp_path: Path, capsy
         argv = ["replay", str(tmp_path / "scan.cxi"), "--to", receiver.endpoint, "--protocol", "dectris-v2"]
         assert main([*argv, "--compression", "bslz4", "--drop", "0.2", "--fault-seed", "1", "--json"]) == 0
         assert receiver.done.wait(10)
-        c = receiver.counters.as_dict()
+        c = receiver.counters()
     finally:
         receiver.close()
     sent = json.loads(capsys.readouterr().out)
@@ -224,12 +224,12 @@ def test_measured_near_field_scan_streams_with_its_mask(shared_data: str) -> Non
     sender.start()
     try:
         live = run_stream(receiver, schedule, device=CPU)
-        mask, geometry = receiver.assembler.mask, receiver.assembler.geometry
+        scan = receiver.scan()
     finally:
         sender.join()
         receiver.close()
     assert (live.attrs["frames_received"], live.attrs["frames_rejected"], live.attrs["frames_missing"]) == (200, 0, 0)
-    np.testing.assert_array_equal(mask, data.mask)
-    assert geometry is not None and geometry.kind == "near"
-    assert geometry.pixel_size == pytest.approx(data.geometry.pixel_size, rel=1e-6)
+    assert scan is not None and scan.geometry.kind == "near"
+    np.testing.assert_array_equal(scan.mask, data.mask)
+    assert scan.geometry.pixel_size == pytest.approx(data.geometry.pixel_size, rel=1e-6)
     assert live.loss[-1] <= 1.1 * offline.loss[-1], (live.loss[-1], offline.loss[-1])
