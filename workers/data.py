@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from workers import layout, physics
+from workers import physics
 from workers.errors import DataError
 
 PLANCK_C = 6.62607015e-34 * 299792458.0  # h c, J m
@@ -20,12 +20,17 @@ PLANCK_C = 6.62607015e-34 * 299792458.0  # h c, J m
 
 @dataclass(frozen=True)
 class Geometry:
-    """Propagation geometry. ``pixel_size`` is the sample-plane pixel (m); 0 where unknown."""
+    """Propagation geometry. ``pixel_size`` is the sample-plane pixel (m); 0 where unknown.
+
+    Near field: ``distance`` is the effective propagation distance; ``focus_distance`` (m, focus
+    to sample) is set for a cone-beam (Fresnel-scaling) setup read from a file, 0 otherwise.
+    """
 
     kind: Literal["far", "near"] = "far"
     wavelength: float = 0.0
     distance: float = 0.0
     pixel_size: float = 0.0
+    focus_distance: float = 0.0
 
     def propagator(self, size: int, device: torch.device | str) -> physics.Propagator:
         """The propagator this geometry implies for frames of ``size`` x ``size``."""
@@ -99,70 +104,6 @@ class ScanData:
         return ScanData(
             self.intensities[index], self.positions[index], self.geometry, self.mask, self.probe, self.source
         )
-
-
-def beam_diameter(probe: np.ndarray) -> float:
-    """Beam diameter (pixels): 2 sqrt(2) x the RMS radius of sum_k |P_k|^2 (a uniform disc's width)."""
-    p = np.abs(probe) ** 2
-    p = p.reshape(-1, *p.shape[-2:]).sum(0)
-    yy, xx = np.mgrid[: p.shape[0], : p.shape[1]]
-    w = p / p.sum()
-    cy, cx = (w * yy).sum(), (w * xx).sum()
-    return float(2 * np.sqrt(2 * (w * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum()))
-
-
-def _far_field_probe(mean_intensity: np.ndarray) -> np.ndarray:
-    """A far-field probe (M, M) from the mean pattern (DC at [0, 0]): its amplitude is the pupil,
-    its defocus the one whose beam is as wide as the data say.
-
-    The inverse FFT of the mean pattern is the exit waves' mean autocorrelation, whose support
-    (above 0.5% of its peak) is twice the beam; the defocus exp(i pi c |f|^2) of the pupil is
-    scanned over c in [0, 2M] for the beam diameter closest to half that support.
-    """
-    m = mean_intensity.shape[-1]
-    autocorrelation = np.abs(np.fft.ifft2(mean_intensity))
-    target = np.sqrt((autocorrelation > 0.005 * autocorrelation.max()).sum() / np.pi)
-    f = np.fft.fftfreq(m)
-    f2 = f[:, None] ** 2 + f[None, :] ** 2
-    pupil = np.sqrt(mean_intensity)
-    best, best_gap = pupil, np.inf
-    for c in np.linspace(0, 2 * m, 81):
-        probe = np.fft.fftshift(np.fft.ifft2(pupil * np.exp(1j * np.pi * c * f2)))
-        gap = abs(beam_diameter(probe) - target)
-        if gap < best_gap:
-            best, best_gap = probe, gap
-    return best
-
-
-def probe_guess(data: ScanData, n_modes: int = 1) -> np.ndarray:
-    """Initial probe (MODE, M, M) complex64: the data's probe guess, else one built from the data.
-
-    Far field: see ``_far_field_probe``. Near field: the zero-phase back-propagation of the
-    mean measured amplitude. Extra modes are the first mode times low-order phase ramps at
-    about 10% of its power. The result is scaled so that sum |P|^2 equals the mean frame
-    intensity.
-    """
-    m = data.frame_size
-    if data.probe is not None:
-        probe = data.probe.astype(np.complex64)
-    else:
-        mean = data.intensities.mean(0).astype(np.float64)
-        if data.mask is not None:
-            mean = np.where(data.mask, mean, 0.0)
-        mean = layout.to_model(mean, data.geometry.kind)
-        if data.geometry.kind == "far":
-            probe = _far_field_probe(mean)[None]
-        else:
-            far = torch.from_numpy(np.sqrt(mean).astype(np.complex64))
-            probe = data.geometry.propagator(m, "cpu").adjoint(far).numpy()[None]
-    probe = probe[:n_modes]
-    cols = np.arange(m) / m
-    while len(probe) < n_modes:
-        ramp = np.exp(2j * np.pi * len(probe) * cols)[None, None, :]
-        probe = np.concatenate([probe, 0.3 * probe[:1] * ramp])
-    power = float(data.intensities.sum(axis=(1, 2)).mean())
-    probe = probe * np.sqrt(power / (np.abs(probe) ** 2).sum())
-    return probe.astype(np.complex64)
 
 
 @dataclass

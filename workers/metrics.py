@@ -132,6 +132,46 @@ def _bounding_box(region: np.ndarray) -> tuple[slice, slice]:
     return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
 
 
+def _phase_ramp(product: np.ndarray, pad: int = 4, factor: int = 10) -> np.ndarray:
+    """Frequency (row, col) in cycles/px maximising |sum product(y, x) exp(-2 pi i (k_y y + k_x x))|:
+    the peak of a ``pad``-times zero-padded FFT, refined on a grid ``factor`` times finer."""
+    shape = np.array(product.shape)
+    spectrum = np.abs(np.fft.fft2(product, s=tuple(pad * shape)))
+    peak = np.array(np.unravel_index(np.argmax(spectrum), spectrum.shape), dtype=float)
+    coarse = np.where(peak >= pad * shape / 2, peak - pad * shape, peak) / (pad * shape)
+    steps = (np.arange(2 * factor + 1) - factor) / factor
+    ky, kx = (coarse[i] + steps / (pad * shape[i]) for i in (0, 1))
+    er = np.exp(-2j * np.pi * ky[:, None] * np.arange(shape[0])[None, :])
+    ec = np.exp(-2j * np.pi * kx[:, None] * np.arange(shape[1])[None, :])
+    fine = np.unravel_index(np.argmax(np.abs(er @ product @ ec.T)), (len(ky), len(kx)))
+    return np.array([ky[fine[0]], kx[fine[1]]])
+
+
+def _aligned(
+    ref: np.ndarray, mov: np.ndarray, win: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Register ``mov`` onto ``ref`` (crops on the region's bounding box): shift, then a linear phase ramp.
+
+    Returns (registered and complex-scaled image, inner region, shift (row, col) px, ramp (row, col)
+    cycles/px, cRMS).
+    """
+    yy, xx = np.mgrid[: ref.shape[0], : ref.shape[1]]
+    ramp = np.zeros(2)
+    for _ in range(2):  # a ramp spoils the shift's correlation peak: estimate both twice
+        deramped = mov * np.exp(2j * np.pi * (ramp[0] * yy + ramp[1] * xx))
+        shift = register((ref - ref[win].mean()) * win, (deramped - deramped[win].mean()) * win)
+        moved = shift_image(deramped, shift)
+        inner = win.copy()
+        edge = int(np.ceil(np.abs(shift).max())) + 2
+        inner[:edge], inner[-edge:], inner[:, :edge], inner[:, -edge:] = False, False, False, False
+        ramp += _phase_ramp(np.where(inner, ref * moved.conj(), 0))
+    mov = shift_image(mov * np.exp(2j * np.pi * (ramp[0] * yy + ramp[1] * xx)), shift)
+    r, t = mov[inner], ref[inner]
+    scale = (r.conj() * t).sum() / (np.abs(r) ** 2).sum()
+    crms = float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
+    return scale * mov, inner, shift, ramp, crms
+
+
 def truth_metrics(
     obj: np.ndarray,
     origin: np.ndarray,
@@ -140,9 +180,12 @@ def truth_metrics(
 ) -> dict[str, Any]:
     """Compare a reconstructed object (H, W) (object coords = scan coords + ``origin``) with the truth.
 
-    The truth's object array is the scan's frame of reference. Returns cRMS, FRC (curve and
-    the frequency where it first drops below 0.5), aPSNR (dB) and aSSIM on the illuminated
-    region, the registration shift, and the RMS position error when ``positions`` are given.
+    The truth's object array is the scan's frame of reference. Registration removes what the
+    data cannot fix: a shift, a linear phase ramp, the global complex scale, and the twin image
+    (complex conjugate rotated by 180 degrees), whichever of the object and its twin fits better.
+    Returns cRMS, FRC (curve and the frequency where it first drops below 0.5), aPSNR (dB) and
+    aSSIM on the illuminated region, the registration shift, the phase ramp (cycles/px), whether
+    the twin was taken, and the RMS position error when ``positions`` are given.
     """
     true_obj = truth["object"]
     region = illuminated_region(truth["probe"], truth["positions"], true_obj.shape)
@@ -154,15 +197,10 @@ def truth_metrics(
     aligned[src_r.start - o[0] : src_r.stop - o[0], src_c.start - o[1] : src_c.stop - o[1]] = obj[src_r, src_c]
     ref, mov = true_obj[rows, cols], aligned[rows, cols]
     win = region[rows, cols]
-    shift = register((ref - ref[win].mean()) * win, (mov - mov[win].mean()) * win)
-    mov = shift_image(mov, shift)
-    inner = win.copy()
-    edge = int(np.ceil(np.abs(shift).max())) + 2
-    inner[:edge], inner[-edge:], inner[:, :edge], inner[:, -edge:] = False, False, False, False
-    r, t = mov[inner], ref[inner]
-    scale = (r.conj() * t).sum() / (np.abs(r) ** 2).sum()
-    crms = float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
-    fixed = scale * mov
+    direct = _aligned(ref, mov, win)
+    twin = _aligned(ref, mov[::-1, ::-1].conj(), win)
+    is_twin = twin[-1] < direct[-1]
+    fixed, inner, shift, ramp, crms = twin if is_twin else direct
     freq, curve = frc(np.where(inner, fixed, 0), np.where(inner, ref, 0))
     below = np.nonzero(curve < 0.5)[0]
     amp_r, amp_t = np.abs(fixed) * inner, np.abs(ref) * inner
@@ -175,6 +213,8 @@ def truth_metrics(
         "frc_cutoff": float(freq[below[0]]) if below.size else 0.5,
         "frc": {"freq": freq.tolist(), "value": curve.tolist()},
         "registration_shift": shift.tolist(),
+        "phase_ramp": ramp.tolist(),
+        "twin": bool(is_twin),
     }
     if positions is not None and "positions" in truth:
         err = positions - origin - truth["positions"]

@@ -14,14 +14,16 @@ import numpy as np
 import torch
 
 from workers import layout, physics
-from workers.data import Geometry, ScanData, beam_diameter
+from workers.data import Geometry, ScanData
+from workers.probe_start import beam_diameter
 
 WAVELENGTH = 1e-10
 FAR_DISTANCE, DETECTOR_PIXEL = 2.0, 75e-6
 NEAR_DISTANCE, NEAR_PIXEL = 0.05, 5e-7
 
 ScanKind = Literal["raster", "fermat", "random"]
-ProbeKind = Literal["focused", "structured", "near"]
+ProbeKind = Literal["focused", "structured", "near", "airy", "zone-plate-25", "zone-plate-50", "kb"]
+ZONE_PLATE = {"zone-plate-25": 0.25, "zone-plate-50": 0.5}  # beam width, fraction of the frame
 
 
 def _smooth(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -54,27 +56,50 @@ def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: Geometry) -> np.ndarray:
-    """Probe (M, M) complex64 with unit total power.
+    """Probe (M, M) complex64 with unit total power, centred in its window.
 
-    focused: a defocused disc pupil (the beam of a zone plate a little off focus);
-    structured: a soft-edged disc (diameter ~0.34 M) with a random phase of ~1.5 px correlation
-    (a phase mask near the sample); near: a wide beam with a smooth random phase (a
-    diffuser), for near-field ptychography.
+    Far-field probes are built in the pupil (detector) plane, f in cycles/pixel, defocus
+    exp(i pi (c_y f_y^2 + c_x f_x^2)), which spreads a pupil of radius f_p over 2 c f_p pixels:
+    focused: a disc pupil a little off focus; airy: a disc pupil (radius 0.25) in focus;
+    zone-plate-25 / -50: an annular pupil (radius 0.15, central stop 0.4 of it) defocused so that
+    the ring-shaped beam spans 25% / 50% of the frame, with 5% astigmatism; kb: a rectangular
+    pupil (Kirkpatrick-Baez mirrors) with a different defocus per axis (beam 30% x 45% of the
+    frame); structured: a soft-edged disc (diameter ~0.34 M) with a random phase of ~1.5 px
+    correlation (a phase mask or diffuser near the sample); near: a wide beam with a smooth random
+    phase (a diffuser), for near-field ptychography.
     """
     f = np.fft.fftfreq(size)
-    r2 = f[:, None] ** 2 + f[None, :] ** 2
+    fy, fx = f[:, None], f[None, :]
+    r2 = fy**2 + fx**2
     yy, xx = (np.mgrid[:size, :size] - size / 2 + 0.5) / size
-    if kind == "near":
+    if kind in ZONE_PLATE:
+        outer = 0.15
+        pupil = ((r2 < outer**2) & (r2 > (0.4 * outer) ** 2)).astype(float)
+        c = ZONE_PLATE[kind] * size / (2 * outer)
+        probe = _from_pupil(pupil, 1.05 * c, 0.95 * c)
+    elif kind == "kb":
+        ay, ax = 0.14, 0.12
+        pupil = ((abs(fy) < ay) & (abs(fx) < ax)).astype(float)
+        probe = _from_pupil(pupil, 0.3 * size / (2 * ay), 0.45 * size / (2 * ax))
+    elif kind == "airy":
+        probe = _from_pupil((r2 < 0.25**2).astype(float), 0.0, 0.0)
+    elif kind == "near":
         envelope = np.exp(-(((yy**2 + xx**2) / (2 * 0.22**2)) ** 2))
         probe = envelope * np.exp(1j * 4 * math.pi * _smooth(rng, (size, size), size / 16))
     elif kind == "structured":
         envelope = 1 / (1 + np.exp((np.sqrt(yy**2 + xx**2) - 0.17) * size))
         probe = envelope * np.exp(2j * math.pi * _smooth(rng, (size, size), 1.5))
     else:
-        pupil = (r2 < 0.12**2).astype(np.complex128) * np.exp(1j * 2 * math.pi * 0.6 * size * r2)
-        probe = np.fft.fftshift(np.fft.ifft2(pupil))
+        probe = _from_pupil((r2 < 0.12**2).astype(float), 1.2 * size, 1.2 * size)
     probe /= np.sqrt((np.abs(probe) ** 2).sum())
     return probe.astype(np.complex64)
+
+
+def _from_pupil(pupil: np.ndarray, cy: float, cx: float) -> np.ndarray:
+    """The centred real-space probe of a far-field ``pupil`` (DC at [0, 0]) defocused by (``cy``, ``cx``) px^2."""
+    f = np.fft.fftfreq(pupil.shape[-1])
+    phase = np.pi * (cy * f[:, None] ** 2 + cx * f[None, :] ** 2)
+    return np.fft.fftshift(np.fft.ifft2(pupil * np.exp(1j * phase)))
 
 
 def make_scan(n: int, step: float, kind: ScanKind, rng: np.random.Generator) -> np.ndarray:

@@ -23,7 +23,7 @@ Scans (64 px frames, Poisson noise, seed 1):
 Measured scans have no truth: their L* is the lowest loss any engine reached in the run, and
 every engine runs the whole budget.
 
-Every engine starts from the same state (``probe_guess``, unit object), all options at their
+Every engine starts from the same state (``initial_probe``, unit object), all options at their
 defaults, and iterates (one epoch at a time) until it reaches the last level or ``--budget``
 seconds. Levels are multiples of the truth's own normalised amplitude residual L* (the noise
 floor): within 10% / 5% of how well the truth fits the data is converged; 10 L* and 2 L* show
@@ -55,10 +55,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from workers import layout  # noqa: E402
-from workers.data import ReconState, ScanData, probe_guess  # noqa: E402
+from workers.data import ReconState, ScanData  # noqa: E402
 from workers.engines.registry import make_engine  # noqa: E402
 from workers.io import load_scan  # noqa: E402
 from workers.metrics import data_metrics, model_intensities  # noqa: E402
+from workers.probe_start import initial_probe  # noqa: E402
 from workers.simulate import simulate  # noqa: E402
 
 LEVELS = (10.0, 2.0, 1.1, 1.05)
@@ -132,7 +133,7 @@ def run_ours(name: str, data: ScanData, stop: float, budget: float) -> Run:
 
     ``"rpie5+bh-cg"``: a two-stage schedule, 5 rPIE epochs then BH-CG on the same state (times add up).
     """
-    state = ReconState.initial(probe_guess(data))
+    state = ReconState.initial(initial_probe(data)[0])
     warm, name = name.split("+") if "+" in name else ("", name)
     loss: list[float] = []
     time_s: list[float] = []
@@ -173,7 +174,7 @@ def run_ptychi(engine: str, data: ScanData, budget: float, threads: int) -> Run:
             src,
             intensities=data.intensities,
             positions=data.positions + origin,
-            probe=probe_guess(data),
+            probe=initial_probe(data)[0],
             object=obj,
             **geometry,
         )

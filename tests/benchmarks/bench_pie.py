@@ -5,7 +5,7 @@ Run by hand (not in CI), with the peer venv of PEERS.md::
     .venv/bin/python tests/benchmarks/bench_pie.py [--epochs 50] [--threads 2] [--batch-sizes 1 32]
 
 For each engine and batch size, both codes start from the same object (ones) and probe guess
-(``workers.data.probe_guess``), run the same number of epochs with the same step weights, and
+(``workers.probe_start.initial_probe``), run the same number of epochs with the same step weights, and
 are scored with the same metrics (``workers.metrics``): median seconds per epoch, and cRMS and
 amplitude residual after the last epoch. pty-chi runs in its own process (its own venv); ours
 runs in a fresh process too, so neither inherits the other's warm caches or threads.
@@ -31,11 +31,12 @@ STEPS = {"epie": (1.0, 1.0), "rpie": (0.1, 1.0)}
 
 def build_inputs(path: Path, probe_size: int, positions: int, seed: int) -> dict:
     """Simulate the scan and write the shared start (npz) and the truth; returns scan facts."""
-    from workers.data import ReconState, probe_guess
+    from workers.data import ReconState
+    from workers.probe_start import initial_probe
     from workers.simulate import simulate
 
     data = simulate(probe_size=probe_size, n_positions=positions, overlap=0.7, photons=1e6, seed=seed)
-    state = ReconState.initial(probe_guess(data))
+    state = ReconState.initial(initial_probe(data)[0])
     state.append_positions(data.positions)
     start = state.to_numpy()
     np.savez(

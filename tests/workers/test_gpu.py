@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.data import ReconState, ScanData, probe_guess
+from workers.data import ReconState, ScanData
 from workers.engines.registry import make_engine
+from workers.probe_start import initial_probe
 
 pytestmark = pytest.mark.gpu
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.gpu
 def test_engines_on_cuda_agree_with_cpu(tiny_scan: ScanData, name: str) -> None:
     losses = {}
     for device in ("cpu", "cuda"):
-        state = ReconState.initial(probe_guess(tiny_scan), device=device)
+        state = ReconState.initial(initial_probe(tiny_scan)[0], device=device)
         engine = make_engine(name, state, tiny_scan.geometry, {}, seed=0)
         engine.add_frames(tiny_scan.intensities, tiny_scan.positions)
         losses[device] = engine.iterate(5)
@@ -28,7 +29,8 @@ def test_raw_counts_become_the_same_amplitudes_on_cuda(small_scan: ScanData) -> 
     counts = np.round(small_scan.intensities[:10]).astype(np.uint16)
     amplitudes = []
     for device in ("cpu", "cuda"):
-        engine = make_engine("epie", ReconState.initial(probe_guess(small_scan), device=device), small_scan.geometry)
+        state = ReconState.initial(initial_probe(small_scan)[0], device=device)
+        engine = make_engine("epie", state, small_scan.geometry)
         engine.add_frames(counts, small_scan.positions[:10])
         amplitudes.append(engine.amplitudes[: engine.n_frames].cpu())
     torch.testing.assert_close(amplitudes[1], amplitudes[0])

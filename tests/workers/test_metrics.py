@@ -68,3 +68,16 @@ def test_position_error_removes_global_shift(small_scan: ScanData) -> None:
     assert metrics.truth_metrics(t["object"], np.zeros(2), t, jittered)["position_error_rms"] == pytest.approx(
         0.5 * np.sqrt(2), rel=0.2
     )
+
+
+def test_crms_ignores_phase_ramp_and_twin_image(small_scan: ScanData) -> None:
+    truth = small_scan.truth
+    obj = truth["object"]
+    yy, xx = np.mgrid[: obj.shape[0], : obj.shape[1]]
+    ramped = metrics.shift_image(obj * np.exp(2j * np.pi * (0.004 * yy - 0.007 * xx)), np.array([0.7, -1.2]))
+    out = metrics.truth_metrics(ramped, np.zeros(2), truth)
+    assert out["phase_ramp"] == pytest.approx([-0.004, 0.007], abs=0.001)
+    assert out["crms"] < 0.03 and not out["twin"]
+    twin = metrics.truth_metrics(0.8 * obj[::-1, ::-1].conj(), np.zeros(2), truth)
+    assert twin["twin"] and twin["crms"] < 0.03
+    assert metrics.truth_metrics(obj, np.zeros(2), truth)["phase_ramp"] == pytest.approx([0, 0], abs=1e-9)

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from workers.data import ReconState, probe_guess
+from workers.data import ReconState
 from workers.engines.registry import make_engine
 from workers.metrics import truth_metrics
+from workers.probe_start import initial_probe
 from workers.simulate import simulate
 
 
 def test_epie_with_probe_refinement_reaches_crms_below_0_1_within_100_epochs() -> None:
     torch.manual_seed(0)
     data = simulate(probe_size=128, n_positions=400, overlap=0.7, photons=1e6, seed=0)
-    engine = make_engine("epie", ReconState.initial(probe_guess(data)), data.geometry, {})
+    engine = make_engine("epie", ReconState.initial(initial_probe(data)[0]), data.geometry, {})
     engine.add_frames(data.intensities, data.positions)
     history = []
     while engine.epoch < 100:

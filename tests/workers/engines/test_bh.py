@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from workers import physics
-from workers.data import Geometry, ReconState, ScanData, probe_guess
+from workers.data import Geometry, ReconState, ScanData
 from workers.engines.base import Engine
 from workers.engines.bh_objective import Joint, Objective
 from workers.engines.options import BHCGOptions, EngineName
 from workers.engines.registry import make_engine
+from workers.probe_start import initial_probe
 from workers.simulate import simulate
 
 GEOMETRIES = {"far": Geometry("far"), "near": Geometry("near", 1e-10, 0.05, 5e-7)}
@@ -128,7 +129,7 @@ def _real(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _engine(name: str, data: ScanData, options: dict | None = None) -> Engine:
-    state = ReconState.initial(probe_guess(data))
+    state = ReconState.initial(initial_probe(data)[0])
     engine = make_engine(name, state, data.geometry, options or {})
     engine.add_frames(data.intensities, data.positions)
     return engine
@@ -174,7 +175,7 @@ def test_engines_stream_with_modes_and_growing_object(name: str, objective: str)
     options = {"objective": objective, "refine_positions": name == "bh-cg"}
     if name == "bh-qn":
         options["cg_iterations"] = 2
-    state = ReconState.initial(probe_guess(data, 2))
+    state = ReconState.initial(initial_probe(data, 2)[0])
     engine = make_engine(name, state, data.geometry, options)
     shapes = []
     for chunk in np.array_split(np.arange(data.n_frames), 3):

@@ -7,17 +7,18 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from workers.data import ReconState, ScanData, probe_guess
+from workers.data import ReconState, ScanData
 from workers.engines.base import Engine
 from workers.engines.options import OPTIONS, EngineName
 from workers.engines.registry import ENGINES, make_engine
 from workers.metrics import truth_metrics
+from workers.probe_start import initial_probe
 
 FIRST_ORDER = ["epie", "rpie", "adam"]
 
 
 def build(data: ScanData, name: str, options: dict | None = None, probe: np.ndarray | None = None) -> Engine:
-    state = ReconState.initial(probe_guess(data) if probe is None else probe)
+    state = ReconState.initial(initial_probe(data)[0] if probe is None else probe)
     return make_engine(name, state, data.geometry, options or {}, mask=data.mask, seed=0)
 
 
@@ -81,7 +82,7 @@ def test_rpie_with_unit_weights_is_epie(tiny_scan: ScanData) -> None:
 
 
 def test_mixed_state_probe_modes_stay_orthogonal(tiny_scan: ScanData) -> None:
-    engine = build(tiny_scan, "rpie", probe=probe_guess(tiny_scan, n_modes=3))
+    engine = build(tiny_scan, "rpie", probe=initial_probe(tiny_scan, n_modes=3)[0])
     engine.add_frames(tiny_scan.intensities, tiny_scan.positions)
     losses = engine.iterate(10)
     assert losses[-1] < losses[0]
