@@ -109,7 +109,9 @@ class Autosave:
         if self.checkpoint is not None:
             saved.save(self.checkpoint)
         if self.result is not None:
-            attrs = {k: v for k, v in saved.attrs.items() if k != "counters"} | {"complete": False}
+            attrs = {k: v for k, v in saved.attrs.items() if k not in ("counters", "stage_epochs")} | {
+                "complete": False
+            }
             state = result_state(saved.state, saved.frame_index)
             write_result(self.result, state, loss=saved.loss, time_s=saved.time_s, attrs=attrs)
         self._last = time.monotonic()

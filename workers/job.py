@@ -6,8 +6,9 @@ where the worker writes. Stage options are validated strictly against the engine
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from workers.probe_spec import ProbeStart
 from workers.schedule import StageSpec, default_schedule
 
 __all__ = ["FileInput", "JobRequest", "JobSpec", "Preprocessing", "StageSpec", "StreamInput"]
@@ -90,6 +91,16 @@ class JobRequest(_Strict):
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     modes: int = Field(default=1, ge=1, le=16, description="Probe modes (mixed-state probe).")
+    probe: ProbeStart = Field(
+        default_factory=ProbeStart,
+        description="How the probe starts: a file or optics parameters; empty: the file's guess or a data search.",
+    )
+
+    @model_validator(mode="after")
+    def _has_an_engine(self) -> JobRequest:
+        if not any(stage.engine for stage in self.schedule):
+            raise ValueError("schedule: needs at least one engine stage")
+        return self
 
 
 class JobSpec(JobRequest):

@@ -1,173 +1,95 @@
-"""Running an engine schedule on a scan file or a live stream: the driver of the CLI, the worker and the flows."""
+"""Running a schedule on a frame source: the one driver of the CLI, the worker and the flows.
+
+A frame source is a scan file (every frame at once) or a live stream (chunks while the scan
+runs, then its end). ``run`` builds the start state, iterates the first engine while a stream
+delivers frames (newest first), then runs the schedule's stages in turn on all frames: engine
+stages (epochs of an engine) and transform stages (a function of the state, applied once).
+Files and streams share progress, previews, autosave, resume and the result's attributes.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from workers.checkpoint import Autosave, Checkpoint, result_state
-from workers.data import ReconState, ScanData, probe_guess
+from workers.checkpoint import Autosave, Checkpoint
+from workers.data import Geometry, ReconState, ScanData
 from workers.devices import resolve_device
 from workers.engines.base import Engine
 from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.engines.registry import make_engine
 from workers.errors import DataError
-from workers.io import load_scan, write_result
+from workers.geometry_check import far_field_warning
+from workers.io import load_scan
 from workers.job import FileInput, JobSpec
 from workers.previews import Preview, PreviewPublisher
+from workers.probe_spec import ProbeStart
+from workers.probe_start import initial_probe
+from workers.record import Hooks, Progress, Result, RunRecord, package_version
+from workers.schedule import StageLike, StageSpec, TransformName, converged, schedule_text
+from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting
 from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
+from workers.transforms import TRANSFORMS
+
+__all__ = ["Hooks", "Progress", "Result", "Stage", "run", "run_job", "run_schedule", "run_stream"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a schedule: ``iterations`` epochs of ``engine`` with validated ``options``."""
+    """One step of a schedule: up to ``iterations`` epochs of ``engine`` with validated ``options``,
+    ended early once the loss stops improving by ``tolerance`` (``workers.schedule.converged``);
+    or a ``transform`` of the state."""
 
-    engine: EngineName
+    engine: EngineName | None
     iterations: int
-    options: EngineOptions
+    options: EngineOptions | None
+    tolerance: float | None = None
+    transform: TransformName | None = None
+
+    @property
+    def name(self) -> str:
+        return (self.engine or self.transform).value  # type: ignore[union-attr]
 
     @classmethod
-    def parse(cls, engine: str, iterations: int, options: dict[str, Any] | None = None) -> Stage:
+    def parse(
+        cls, engine: str, iterations: int, options: dict[str, Any] | None = None, tolerance: float | None = None
+    ) -> Stage:
         name = EngineName(engine)
         if iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
-        return cls(name, iterations, OPTIONS[name].model_validate(options or {}))
+        return cls(name, iterations, OPTIONS[name].model_validate(options or {}), tolerance)
+
+    @classmethod
+    def of_transform(cls, transform: str) -> Stage:
+        return cls(None, 0, None, None, TransformName(transform))
+
+    @classmethod
+    def from_spec(cls, spec: StageSpec) -> Stage:
+        if spec.transform is not None:
+            return cls.of_transform(spec.transform)
+        assert spec.engine is not None
+        return cls.parse(spec.engine, spec.iterations, spec.options, spec.tolerance)
 
 
-@dataclass
-class Progress:
-    """What a running schedule reports after every epoch."""
-
-    stage: int
-    engine: str
-    iteration: int
-    total_iterations: int
-    loss: float
-    elapsed_s: float
-    frames_used: int = 0
-    streaming: bool = False
+def schedule_name(schedule: Sequence[StageLike]) -> str:
+    """The schedule as ``--schedule`` spells it."""
+    return schedule_text(schedule)
 
 
-@dataclass
-class Hooks:
-    """Where a run reports: progress per epoch, throttled previews, cancellation, periodic saving."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    previews: PreviewPublisher | None = None
-    should_stop: Callable[[], bool] | None = None
-    autosave: Autosave | None = None
-
-
-@dataclass
-class Result:
-    """A finished (or stopped) schedule: the state's host copy, histories and attributes."""
-
-    state: dict[str, np.ndarray]
-    loss: np.ndarray
-    time_s: np.ndarray
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def write(self, path: str | Path) -> None:
-        write_result(path, self.state, loss=self.loss, time_s=self.time_s, attrs=self.attrs)
-
-
-def package_version() -> str:
-    try:
-        return version("ptychostream")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def schedule_name(schedule: Sequence[Stage]) -> str:
-    return ",".join(f"{s.engine.value}x{s.iterations}" for s in schedule)
-
-
-class RunRecord:
-    """One run's histories across its stages: runs epochs, reports each, saves what a resume needs.
-
-    ``frames`` gives the frames used so far (a stream's, in arrival order, with their frame
-    numbers) or None (a file job: the input file holds them, in frame order).
-    """
-
-    def __init__(
-        self, state: ReconState, hooks: Hooks, frames: Callable[[], tuple[ScanData, np.ndarray]] | None = None
-    ) -> None:
-        self.state, self.hooks, self.frames = state, hooks, frames
-        self.losses: list[float] = []
-        self.times: list[float] = []
-        self.done = 0
-        self.scheduled_done = 0
-        self.stopped = False
-        self.attrs: dict[str, Any] = {}
-
-    def stop_requested(self) -> bool:
-        self.stopped = self.stopped or bool(self.hooks.should_stop and self.hooks.should_stop())
-        return self.stopped
-
-    def epoch(self, k: int, engine: Engine, offset: float, total: int, *, scheduled: bool, force: bool) -> None:
-        """One epoch of ``engine`` (stage ``k``); ``scheduled``: it counts towards the schedule."""
-        loss = engine.iterate(1)[0]
-        self.done += 1
-        self.scheduled_done += int(scheduled)
-        self.losses.append(loss)
-        self.times.append(offset + engine.time_history[-1])
-        hooks = self.hooks
-        if hooks.on_progress is not None:
-            p = Progress(k, engine.name.value, self.done, total, loss, self.times[-1], engine.n_frames, not scheduled)
-            hooks.on_progress(p)
-        if hooks.previews is not None:
-            hooks.previews.offer(self.state, self.done, engine.n_frames, loss, force=force)
-        if hooks.autosave is not None:
-            hooks.autosave.maybe(self.checkpoint)
-
-    def checkpoint(self) -> Checkpoint:
-        """What a resume needs now (and the partial result is made of)."""
-        state = self.state.to_numpy()
-        scan, index = self.frames() if self.frames is not None else (None, np.arange(len(state["positions"])))
-        attrs = {**self.attrs, "iterations": self.done, "stopped": self.stopped}
-        return Checkpoint(
-            scan, index, state, np.asarray(self.losses), np.asarray(self.times), self.scheduled_done, attrs
-        )
-
-    @contextlib.contextmanager
-    def saved_on_failure(self) -> Iterator[None]:
-        """If the block raises, save the partial result and the checkpoint first, then let the error go on."""
-        try:
-            yield
-        except Exception as exc:
-            if self.hooks.autosave is not None:
-                self.attrs["failed"] = f"{type(exc).__name__}: {exc}"
-                try:
-                    self.hooks.autosave.now(self.checkpoint())
-                except Exception:  # the original error matters more than this one
-                    log.exception("could not save the partial result of a failed run")
-            raise
-
-    def result(self, attrs: Mapping[str, Any]) -> Result:
-        """The run's result; its final checkpoint is saved too, so that a resume of a stopped (or
-        finished) run continues from here rather than from the last periodic save."""
-        saved = self.checkpoint()
-        if self.hooks.autosave is not None and self.hooks.autosave.checkpoint is not None:
-            saved.save(self.hooks.autosave.checkpoint)
-        all_attrs = {**self.attrs, **attrs, "iterations": self.done, "stopped": self.stopped, "complete": True}
-        return Result(result_state(saved.state, saved.frame_index), saved.loss, saved.time_s, all_attrs)
-
-
-def run_schedule(
-    data: ScanData,
+def run(
+    source: FrameSource,
     schedule: Sequence[Stage],
     *,
     device: torch.device,
@@ -175,60 +97,126 @@ def run_schedule(
     seed: int = 0,
     hooks: Hooks | None = None,
     resume: Checkpoint | None = None,
+    probe_start: ProbeStart | None = None,
 ) -> Result:
-    """Reconstruct ``data`` by running each stage's engine in turn on one shared state.
+    """Reconstruct the frames of ``source`` with ``schedule`` on one shared state.
 
-    ``resume`` (a checkpoint of this scan) restores the state and histories and skips the
-    schedule epochs already done. Histories run across stages (times offset by the previous
-    stages' wall time). ``hooks.should_stop`` is polled between epochs; when it returns True the
-    run ends early and the partial result is returned with ``attrs["stopped"] = True``.
+    A live source is iterated (first engine stage, newest frames first) until it ends; then the
+    stages run in turn over all frames (their ``iterations`` count after a stream's end).
+    ``resume`` (a checkpoint of this scan) restores the state and histories and continues the
+    schedule where it stopped. ``hooks.should_stop`` is polled between epochs; when it returns
+    True the run ends early and the partial result has ``attrs["stopped"] = True``.
     """
+    hooks = hooks or Hooks()
     torch.manual_seed(seed)
-    state = ReconState.initial(probe_guess(data, n_modes), device=device)
-    frames = None
-    if resume is not None and resume.scan is not None:
-        stream = resume.scan, resume.frame_index
-        frames = lambda: stream  # noqa: E731  (a stream's frames, in arrival order)
-    run = RunRecord(state, hooks or Hooks(), frames)
-    run.attrs = _file_attrs(data, schedule, device)
-    skip = 0
-    if resume is not None:
-        run.losses, run.times = list(resume.loss), list(resume.time_s)
-        run.done = int(resume.attrs.get("iterations", resume.iterations_done))
-        run.scheduled_done = skip = resume.iterations_done
-    total = run.done - run.scheduled_done + sum(s.iterations for s in schedule)
-    previous: Engine | None = None
-    with run.saved_on_failure():
-        for k, stage in enumerate(schedule):
-            engine = make_engine(stage.engine, state, data.geometry, stage.options, mask=data.mask, seed=seed + k)
-            if previous is None:
-                engine.add_frames(data.intensities, data.positions)
-                if resume is not None:
-                    restore(state, resume.state)
-            else:
-                engine.adopt_frames(previous)
-            previous = engine
-            offset = run.times[-1] if run.times else 0.0
-            iterations = max(stage.iterations - skip, 0)
-            skip = max(skip - stage.iterations, 0)
-            for _ in range(iterations):
-                if run.stop_requested():
-                    break
-                run.epoch(k, engine, offset, total, scheduled=True, force=run.done + 1 == total)
-            if run.stopped:
-                break
-    return run.result({"frames_used": previous.n_frames if previous else 0})
-
-
-def _file_attrs(data: ScanData, schedule: Sequence[Stage], device: torch.device) -> dict[str, Any]:
-    return {
+    engine_stages = [k for k, s in enumerate(schedule) if s.engine is not None]
+    if not engine_stages:
+        raise DataError("schedule: needs at least one engine stage")
+    first = source.first(hooks.should_stop or (lambda: False))
+    geometry, mask = first.geometry, first.mask
+    probe, probe_record = initial_probe(first, n_modes, probe_start, device=device, seed=seed)
+    state = ReconState.initial(probe, device=device)
+    run = RunRecord(state, hooks, source.frames)
+    run.attrs = {
         "engines": schedule_name(schedule),
         "device": str(device),
-        "pixel_size": data.geometry.pixel_size,
-        "propagation": data.geometry.kind,
-        "frames_received": data.n_frames,
+        **geometry_attrs(geometry),
         "version": package_version(),
-        "input_file": data.source,
+        "probe_start": probe_record,
+    } | source.attrs()
+    progress = _progress(resume, schedule, run)
+
+    def engine_for(k: int, live: bool = False) -> Engine:
+        stage = schedule[k]
+        assert stage.engine is not None and stage.options is not None
+        options = stage.options.model_copy(update={"order": "newest-first"}) if live else stage.options
+        return make_engine(stage.engine, state, geometry, options, mask=mask, seed=seed + k)
+
+    engine = engine_for(engine_stages[0], live=source.live)
+    engine.add_frames(first.intensities, first.positions)
+    if resume is not None:
+        restore(state, resume.state)
+    reuse_first = not source.live
+    with run.saved_on_failure():
+        if source.live:
+            after_scan = sum(s.iterations for s in schedule)
+            while not source.ended() and not run.stop_requested():
+                chunk = source.more()
+                if chunk is not None:
+                    engine.add_frames(*chunk)
+                run.epoch(0, engine, run.done + 1 + after_scan, scheduled=False, force=False)
+            run.attrs.update(source.attrs())
+            if hooks.autosave is not None:
+                hooks.autosave.now(run.checkpoint())
+        force = source.live
+        for k, stage in enumerate(schedule):
+            if run.stopped:
+                break
+            if k < len(progress) - 1 or (k == len(progress) - 1 and stage.transform is not None):
+                continue
+            done_before = progress[k] if k < len(progress) else 0
+            if stage.transform is not None:
+                TRANSFORMS[stage.transform](state, engine)
+                run.stage_epochs.append(0)
+                continue
+            if not (reuse_first and k == engine_stages[0]):
+                previous, engine = engine, engine_for(k)
+                engine.adopt_frames(previous)
+            reuse_first = False
+            if k >= len(progress):
+                run.stage_epochs.append(0)
+            later = sum(s.iterations for s in schedule[k + 1 :])
+            for i in range(done_before, stage.iterations):
+                if run.stop_requested() or converged(engine.loss_history, stage.tolerance):
+                    break
+                run.epoch(k, engine, run.done + stage.iterations - i + later, scheduled=True, force=force)
+                force = False
+    run.final_preview(engine)
+    return run.result({"frames_used": engine.n_frames} | source.final_attrs(run))
+
+
+def _progress(resume: Checkpoint | None, schedule: Sequence[Stage], run: RunRecord) -> list[int]:
+    """Epochs done per stage started (``RunRecord.stage_epochs``) in ``resume``; restores its histories."""
+    if resume is None:
+        return []
+    run.losses, run.times = list(resume.loss), list(resume.time_s)
+    run.done = int(resume.attrs.get("iterations", resume.iterations_done))
+    run.scheduled_done = resume.iterations_done
+    if "stage_epochs" in resume.attrs:
+        progress = [int(n) for n in json.loads(resume.attrs["stage_epochs"])]
+    else:  # a checkpoint of an older version: its epochs filled the stages in order
+        progress, left = [], resume.iterations_done
+        for stage in schedule:
+            progress.append(min(left, stage.iterations))
+            left -= progress[-1]
+            if progress[-1] < stage.iterations:
+                break
+    run.stage_epochs = list(progress)
+    return progress
+
+
+def run_schedule(data: ScanData, schedule: Sequence[Stage], *, device: torch.device, **kwargs: Any) -> Result:
+    """``run`` on a scan in memory (keyword arguments as for ``run``)."""
+    resume: Checkpoint | None = kwargs.get("resume")
+    frame_index = resume.frame_index if resume is not None and resume.scan is not None else None
+    return run(FileSource(data, frame_index), schedule, device=device, **kwargs)
+
+
+def run_stream(
+    receiver: Receiver, schedule: Sequence[Stage], *, device: torch.device, warmup_frames: int = 16, **kwargs: Any
+) -> Result:
+    """``run`` on a live scan from a started ``receiver`` (keyword arguments as for ``run``)."""
+    return run(StreamSource(receiver, warmup_frames), schedule, device=device, **kwargs)
+
+
+def geometry_attrs(geometry: Geometry) -> dict[str, Any]:
+    """The result attributes that record the propagation geometry (``evaluate`` rebuilds it from them)."""
+    return {
+        "propagation": geometry.kind,
+        "pixel_size": geometry.pixel_size,
+        "wavelength": geometry.wavelength,
+        "distance": geometry.distance,
+        "focus_distance": geometry.focus_distance,
     }
 
 
@@ -242,97 +230,6 @@ def restore(state: ReconState, saved: Mapping[str, np.ndarray]) -> None:
     state.origin = np.asarray(saved["origin"], dtype=np.float64).copy()
 
 
-def run_stream(
-    receiver: Receiver,
-    schedule: Sequence[Stage],
-    *,
-    device: torch.device,
-    n_modes: int = 1,
-    seed: int = 0,
-    hooks: Hooks | None = None,
-    warmup_frames: int = 16,
-) -> Result:
-    """Reconstruct a live scan: the first stage's engine iterates (newest frames first) while
-    frames arrive, then the whole ``schedule`` runs on all frames (``iterations`` after scan end).
-
-    Needs a started ``receiver``. The first epoch over the complete scan forces a preview, and
-    ``hooks.autosave`` saves when the scan ends as well as periodically.
-    """
-    hooks = hooks or Hooks()
-    torch.manual_seed(seed)
-    buffer, asm = receiver.buffer, receiver.assembler
-    stop = hooks.should_stop or (lambda: False)
-    while len(buffer) < warmup_frames and not receiver.done.is_set() and not stop():
-        buffer.wait(0.05) if len(buffer) else receiver.done.wait(0.05)
-    index, frames, corners = buffer.drain()
-    if not len(index) or asm.geometry is None:
-        raise DataError(f"stream {receiver.endpoint}: ended without usable frames ({asm.counters.as_dict()})")
-    geometry, mask = asm.geometry, asm.mask
-    assert asm.start is not None
-    first = ScanData(frames, corners, geometry, mask, asm.start.probe, receiver.endpoint)
-    state = ReconState.initial(probe_guess(first, n_modes), device=device)
-    seen = [(index, frames, corners)]
-
-    def received() -> tuple[ScanData, np.ndarray]:
-        if len(seen) > 1:
-            seen[:] = [tuple(np.concatenate(parts) for parts in zip(*seen, strict=True))]  # type: ignore[misc]
-        order, intensities, positions = seen[0]
-        return ScanData(intensities, positions, geometry, mask), order
-
-    run = RunRecord(state, hooks, received)
-    run.attrs = {
-        "engines": schedule_name(schedule),
-        "device": str(device),
-        "pixel_size": geometry.pixel_size,
-        "propagation": geometry.kind,
-        "version": package_version(),
-        "input_stream": receiver.endpoint,
-        "counters": json.dumps(asm.counters.as_dict()),
-    }
-    live = schedule[0].options.model_copy(update={"order": "newest-first"})
-    engine = make_engine(schedule[0].engine, state, geometry, live, mask=mask, seed=seed)
-    engine.add_frames(frames, corners)
-    after_scan = sum(s.iterations for s in schedule)
-    with run.saved_on_failure():
-        while not (receiver.done.is_set() and len(buffer) == 0):
-            if run.stop_requested():
-                break
-            index, frames, corners = buffer.drain()
-            if len(index):
-                engine.add_frames(frames, corners)
-                seen.append((index, frames, corners))
-            run.epoch(0, engine, 0.0, run.done + 1 + after_scan, scheduled=False, force=False)
-
-        run.attrs["counters"] = json.dumps(asm.counters.as_dict())
-        if hooks.autosave is not None:
-            hooks.autosave.now(run.checkpoint())
-        previous, total = engine, run.done + after_scan
-        for k, stage in enumerate(schedule):
-            if run.stopped:
-                break
-            offset = run.times[-1] if run.times else 0.0
-            engine = make_engine(stage.engine, state, geometry, stage.options, mask=mask, seed=seed + k)
-            engine.adopt_frames(previous)
-            previous = engine
-            for _ in range(stage.iterations):
-                if run.stop_requested():
-                    break
-                run.epoch(k, engine, offset, total, scheduled=True, force=run.scheduled_done == 0)
-    attrs = stream_accounting(asm.counters.as_dict()) | {"frames_used": engine.n_frames}
-    return run.result(attrs | {"iterations_after_scan": run.scheduled_done, "frame_index": np.sort(received()[1])})
-
-
-def stream_accounting(counters: Mapping[str, Any]) -> dict[str, Any]:
-    """The result attributes of a stream's frame accounting (``Counters.as_dict``)."""
-    return {
-        "frames_received": counters["received"],
-        "frames_rejected": counters["frames_rejected"],
-        "frames_rejected_by_reason": json.dumps(counters["rejected"]),
-        "frames_missing": counters["missing"],
-        "frames_duplicate": counters["duplicates"],
-    }
-
-
 def run_job(
     job: JobSpec,
     *,
@@ -343,21 +240,24 @@ def run_job(
 ) -> Result:
     """Run a job (file or stream input) to its result file; resumes from ``job.checkpoint`` if it exists.
 
-    While it runs, the checkpoint and a partial result (``complete`` False) are saved every
-    ``job.save_interval_s``; if the run fails, the partial result is saved before the error
-    propagates. ``on_listening`` is called once a stream job's receiver is bound.
+    The output folder is checked before anything runs. While the job runs, the checkpoint and
+    a partial result (``complete`` False) are saved every ``job.save_interval_s``; if the run
+    fails, the partial result is saved before the error propagates. ``on_listening`` is called
+    once a stream job's receiver is bound.
     """
+    check_output(job.output)
     device = resolve_device(job.device)
-    schedule = [Stage.parse(s.engine, s.iterations, s.options) for s in job.schedule]
+    schedule = [Stage.from_spec(s) for s in job.schedule]
     previews = PreviewPublisher(on_preview, job.preview_interval_s) if on_preview is not None else None
     autosave = Autosave(job.output, job.checkpoint, job.save_interval_s)
     hooks = Hooks(on_progress, previews, cancel.is_set if cancel is not None else None, autosave)
+    run = {"device": device, "n_modes": job.modes, "seed": job.seed, "hooks": hooks, "probe_start": job.probe}
     try:
         if job.checkpoint and Path(job.checkpoint).exists():
-            result = _resume(Checkpoint.load(job.checkpoint), schedule, device, job, hooks)
+            result = _resume(Checkpoint.load(job.checkpoint), schedule, job, run)
         elif isinstance(job.input, FileInput):
-            data = load_scan(job.input.file)
-            result = run_schedule(data, schedule, device=device, seed=job.seed, hooks=hooks)
+            data = load_job_scan(job.input)
+            result = run_schedule(data, schedule, **run)
         else:
             receiver = Receiver(
                 job.input.stream,
@@ -368,7 +268,7 @@ def run_job(
             try:
                 if on_listening is not None:
                     on_listening(receiver)
-                result = run_stream(receiver, schedule, device=device, seed=job.seed, hooks=hooks)
+                result = run_stream(receiver, schedule, **run)
             finally:
                 receiver.close()
     finally:
@@ -378,17 +278,36 @@ def run_job(
     return result
 
 
-def _resume(saved: Checkpoint, schedule: Sequence[Stage], device: torch.device, job: JobSpec, hooks: Hooks) -> Result:
+def check_output(path: str | Path) -> None:
+    """Refuse an output whose folder is missing or not writable, before any work is done."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise DataError(f"{path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"{path}: output folder {folder} is not writable")
+
+
+def load_job_scan(spec: FileInput) -> ScanData:
+    """The scan of a file input, in the geometry it asks for; warns when the data contradict a far-field run."""
+    data = load_scan(spec.file, near_field=spec.near_field, focus_distance=spec.focus_distance)
+    hint = far_field_warning(data)
+    if hint is not None:
+        log.warning(hint)
+    return data
+
+
+def _resume(saved: Checkpoint, schedule: Sequence[Stage], job: JobSpec, run: dict[str, Any]) -> Result:
     """Continue a checkpointed run: the schedule's remaining epochs on the saved frames (a stream's) or
     the input file (a file job's), from the saved state and histories."""
     if saved.scan is not None:
         scan = saved.scan
     elif isinstance(job.input, FileInput):
-        scan = load_scan(job.input.file)
+        scan = load_job_scan(job.input)
     else:
         raise DataError(f"{job.checkpoint}: a stream checkpoint without its frames cannot be resumed")
-    result = run_schedule(scan, schedule, device=device, seed=job.seed, hooks=hooks, resume=saved)
-    kept = {k: v for k, v in saved.attrs.items() if k not in ("iterations", "stopped", "counters", "failed")}
+    result = run_schedule(scan, schedule, resume=saved, **run)
+    dropped = ("iterations", "stopped", "counters", "failed", "stage_epochs")
+    kept = {k: v for k, v in saved.attrs.items() if k not in dropped}
     result.attrs.update(kept, resumed_from=str(job.checkpoint), frame_index=np.sort(saved.frame_index))
     if "counters" in saved.attrs:
         result.attrs.update(stream_accounting(json.loads(saved.attrs["counters"])))

@@ -1,9 +1,9 @@
 """Engine schedules: a stage, the default schedule, and the command-line spelling (torch-free).
 
-A schedule is a list of stages run in turn on one shared state. A stage runs ``iterations``
-epochs of one engine, or fewer when ``tolerance`` is set and the loss has stopped improving:
-the stage ends once the loss fell by less than ``tolerance`` (relative) over the last
-``PATIENCE`` epochs.
+A schedule is a list of stages run in turn on one shared state. An engine stage runs
+``iterations`` epochs of one engine, or fewer when ``tolerance`` is set and the loss has stopped
+improving: the stage ends once the loss fell by less than ``tolerance`` (relative) over the last
+``PATIENCE`` epochs. A transform stage applies a function of the state once (``TransformName``).
 
 The default schedule (``DEFAULT_SCHEDULE``), for users who do not know the engines: a few
 rPIE epochs, robust from a poor start, then BH-CG (seed 002), whose Newton steps converge
@@ -14,6 +14,7 @@ fast once the probe is roughly right, until the loss stops improving by 1e-4 per
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,13 +24,23 @@ from workers.engines.options import OPTIONS, EngineName
 PATIENCE = 5
 
 
+class TransformName(StrEnum):
+    """Transform stages: a function of the state applied once between engine stages (``workers.transforms``)."""
+
+    RECENTRE_PROBE = "recentre-probe"
+
+
 class StageSpec(BaseModel):
-    """One stage: ``iterations`` epochs of ``engine`` with ``options``, ended early by ``tolerance``."""
+    """One stage: ``iterations`` epochs of ``engine`` with ``options`` (ended early by ``tolerance``),
+    or one ``transform`` of the state."""
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: EngineName
-    iterations: int = Field(ge=0, le=100_000, description="Epochs; for a stream, epochs after the scan has ended.")
+    engine: EngineName | None = Field(default=None, description="The engine of an engine stage.")
+    transform: TransformName | None = Field(default=None, description="The transform of a transform stage.")
+    iterations: int = Field(
+        default=0, ge=0, le=100_000, description="Epochs; for a stream, epochs after the scan has ended."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Engine options (the engine's options model).")
     tolerance: float | None = Field(
         default=None,
@@ -39,10 +50,23 @@ class StageSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _options_fit_engine(self) -> StageSpec:
-        """Refuse options the engine does not know or values out of range, naming the option."""
+    def _one_kind(self) -> StageSpec:
+        """An engine stage with its iterations and options the engine knows, or a bare transform."""
+        if (self.engine is None) == (self.transform is None):
+            raise ValueError("a stage names exactly one of engine and transform")
+        if self.transform is not None:
+            if self.iterations or self.options or self.tolerance is not None:
+                raise ValueError(f"transform {self.transform.value!r}: takes no iterations, options or tolerance")
+            return self
+        if "iterations" not in self.model_fields_set:
+            raise ValueError(f"engine {self.engine.value!r}: iterations missing")
         OPTIONS[self.engine].model_validate(self.options)
         return self
+
+    @property
+    def name(self) -> str:
+        """The engine's or the transform's name."""
+        return (self.engine or self.transform).value  # type: ignore[union-attr]
 
 
 DEFAULT_SCHEDULE: tuple[StageSpec, ...] = (
@@ -57,16 +81,27 @@ def default_schedule() -> list[StageSpec]:
 
 
 class StageLike(Protocol):
-    """What names a stage: its engine, epochs and tolerance (a ``StageSpec`` or the runtime's ``Stage``)."""
+    """What names a stage (a ``StageSpec`` or the runtime's ``Stage``)."""
 
-    engine: EngineName
-    iterations: int
-    tolerance: float | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def iterations(self) -> int: ...
+
+    @property
+    def tolerance(self) -> float | None: ...
 
 
 def schedule_text(schedule: Sequence[StageLike]) -> str:
     """The command-line spelling of ``schedule``, e.g. ``rpie:10,bh-cg:190:0.0001``."""
-    return ",".join(f"{s.engine.value}:{s.iterations}" + (f":{s.tolerance:g}" if s.tolerance else "") for s in schedule)
+    parts = []
+    for s in schedule:
+        if s.name in set(TransformName):
+            parts.append(s.name)
+        else:
+            parts.append(f"{s.name}:{s.iterations}" + (f":{s.tolerance:g}" if s.tolerance else ""))
+    return ",".join(parts)
 
 
 def converged(losses: list[float], tolerance: float | None) -> bool:
@@ -89,8 +124,13 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
         raise ValueError(f"--option: no engine knows {', '.join(sorted(unknown))}")
     for k, part in enumerate(p.strip() for p in text.split(",")):
         fields = part.split(":")
+        if part in set(TransformName):
+            stages.append(StageSpec(transform=TransformName(part)))
+            continue
         if not part or len(fields) not in (2, 3):
-            raise ValueError(f"--schedule: stage {k + 1} {part!r}: expected ENGINE:ITERATIONS[:TOLERANCE]")
+            transforms = ", ".join(t.value for t in TransformName)
+            expected = f"expected ENGINE:ITERATIONS[:TOLERANCE] or a transform ({transforms})"
+            raise ValueError(f"--schedule: stage {k + 1} {part!r}: {expected}")
         name, *numbers = fields
         if name not in set(EngineName):
             known = ", ".join(e.value for e in EngineName)
@@ -107,4 +147,6 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"--schedule: stage {k + 1} {part!r}: {problems}") from None
+    if not any(s.engine for s in stages):
+        raise ValueError("--schedule: needs at least one engine stage")
     return stages

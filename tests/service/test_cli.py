@@ -74,6 +74,12 @@ def test_reconstruct_writes_design_layout(tmp_path: Path) -> None:
         (["reconstruct", "{scan}", "-o", "x.h5", "--engine", "rpie", "--option", "alpha=7"], "alpha"),
         (["reconstruct", "{scan}", "-o", "x.h5", "--engine", "epie", "--option", "nonsense=1"], "nonsense"),
         (["evaluate", "{scan}", "--truth", "{scan}"], "not a PtychoStream result"),
+        (["reconstruct", "{scan}", "-o", "x.h5", "--modes", "0"], "modes: Input should be greater than or equal to 1"),
+        (["reconstruct", "{scan}", "-o", "x.h5", "--engine", "epie", "--schedule", "rpie:3"], "not both"),
+        (["reconstruct", "{scan}", "-o", "x.h5", "--schedule", "rpie:3,bh:4"], "stage 2 'bh:4': unknown engine"),
+        (["reconstruct", "{scan}", "-o", "absent/x.h5", "--engine", "epie"], "output folder"),
+        (["simulate", "x.cxi", "--probe-size", "0"], "--probe-size must be at least 8, got 0"),
+        (["simulate", "absent/x.cxi"], "output folder"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -90,3 +96,31 @@ def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str
 def test_unknown_engine_is_refused_by_argparse() -> None:
     proc = run("reconstruct", "x.cxi", "-o", "y.h5", "--engine", "magic")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_corrupt_chunk_names_file_and_field(tmp_path: Path) -> None:
+    import h5py
+
+    scan = tmp_path / "s.cxi"
+    assert main(["simulate", str(scan), "--probe-size", "16", "--positions", "8"]) == 0
+    with h5py.File(scan) as f:
+        chunk = f["entry_1/instrument_1/detector_1/data"].id.get_chunk_info(3)
+    with open(scan, "r+b") as fh:
+        fh.seek(chunk.byte_offset)
+        fh.write(b"\xff" * min(chunk.size, 64))
+    proc = run("reconstruct", str(scan), "-o", str(tmp_path / "r.h5"), "--engine", "epie")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{scan}: entry_1/data_1/data: unreadable" in proc.stderr
+
+
+def test_default_schedule_and_near_field_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --engine the default schedule runs; evaluate takes the near-field geometry from the result."""
+    scan, out = str(tmp_path / "n.cxi"), str(tmp_path / "n.h5")
+    assert main(["simulate", scan, "--near-field", "--probe-size", "32", "--positions", "25", "--overlap", "0.6"]) == 0
+    assert main(["reconstruct", scan, "-o", out, "--schedule", "rpie:4,bh-cg:6", "--json", "--quiet"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert rec["schedule"] == "rpie:4,bh-cg:6" and rec["iterations"] == 10
+    assert main(["evaluate", out, "--truth", scan, "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["propagation"] == "near"
+    assert ev["amplitude_residual"] == pytest.approx(rec["final_loss"], rel=0.3)

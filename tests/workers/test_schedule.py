@@ -1,0 +1,70 @@
+"""Schedules: the command-line spelling, the default schedule, and stages that end when the loss stops improving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers.data import ScanData
+from workers.engines.options import EngineName
+from workers.job import JobRequest
+from workers.runtime import Stage, run_schedule
+from workers.schedule import DEFAULT_SCHEDULE, PATIENCE, converged, parse_schedule, schedule_text
+
+
+def test_parse_round_trips_and_applies_options_where_known() -> None:
+    stages = parse_schedule("rpie:5, bh-cg:100:1e-4", {"batch_size": 4, "refine_positions": True})
+    assert [(s.engine, s.iterations, s.tolerance) for s in stages] == [
+        (EngineName.RPIE, 5, None),
+        (EngineName.BH_CG, 100, 1e-4),
+    ]
+    assert stages[0].options == {"batch_size": 4}
+    assert stages[1].options == {"batch_size": 4, "refine_positions": True}
+    assert schedule_text(stages) == "rpie:5,bh-cg:100:0.0001"
+    assert parse_schedule(schedule_text(DEFAULT_SCHEDULE)) == list(DEFAULT_SCHEDULE)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rpie", "stage 1 'rpie': expected ENGINE:ITERATIONS"),
+        ("rpie:5,magic:3", "stage 2 'magic:3': unknown engine 'magic'"),
+        ("rpie:x", "iterations must be an integer"),
+        ("rpie:-2", "stage 1 'rpie:-2': iterations"),
+        ("bh-cg:5:3", "tolerance"),
+        ("rpie:5,", "stage 2 ''"),
+    ],
+)
+def test_bad_schedules_name_the_stage(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match="--schedule") as err:
+        parse_schedule(text)
+    assert message in str(err.value)
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="no engine knows nonsense"):
+        parse_schedule("rpie:3", {"nonsense": 1})
+
+
+def test_a_request_without_schedule_gets_the_default() -> None:
+    request = JobRequest.model_validate({"input": {"file": "scan.cxi"}})
+    assert request.schedule == list(DEFAULT_SCHEDULE)
+    assert request.schedule is not DEFAULT_SCHEDULE
+
+
+def test_converged_compares_over_the_patience_window() -> None:
+    flat = [1.0] * (PATIENCE + 1)
+    assert converged(flat, 1e-4)
+    assert not converged(flat, None)
+    assert not converged(flat[:PATIENCE], 1e-4)
+    falling = [1.0 - 0.01 * k for k in range(PATIENCE + 1)]
+    assert not converged(falling, 1e-3) and converged(falling, 0.1)
+
+
+def test_stage_with_tolerance_ends_early_and_the_next_stage_runs(tiny_scan: ScanData) -> None:
+    schedule = [Stage.parse("epie", 40, tolerance=0.5), Stage.parse("rpie", 3)]
+    result = run_schedule(tiny_scan, schedule, device=torch.device("cpu"))
+    first = len(result.loss) - 3
+    assert PATIENCE < first < 40
+    assert result.attrs["engines"] == "epie:40:0.5,rpie:3"
+    assert result.attrs["iterations"] == first + 3

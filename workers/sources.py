@@ -1,0 +1,119 @@
+"""Frame sources of a run: a scan in memory (every frame at once) or a live stream (chunks, then its end)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from workers.data import Geometry, ScanData
+from workers.errors import DataError
+from workers.record import RunRecord
+from workers.stream.receiver import Receiver
+
+
+class FrameSource(Protocol):
+    """Where a run's frames come from: ``first`` frames (with the scan's geometry), then chunks until ``ended``."""
+
+    live: bool
+
+    def first(self, should_stop: Callable[[], bool]) -> ScanData: ...
+
+    def more(self) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+    def ended(self) -> bool: ...
+
+    def attrs(self) -> dict[str, Any]: ...
+
+    def final_attrs(self, run: RunRecord) -> dict[str, Any]: ...
+
+    frames: Callable[[], tuple[ScanData, np.ndarray]] | None
+
+
+class FileSource:
+    """A scan in memory: every frame at once. ``frame_index`` (a resumed stream's frame numbers) makes
+    checkpoints carry the frames, since no input file holds them."""
+
+    live = False
+
+    def __init__(self, data: ScanData, frame_index: np.ndarray | None = None) -> None:
+        self.data = data
+        self.frames = None if frame_index is None else (lambda: (data, frame_index))
+
+    def first(self, should_stop: Callable[[], bool]) -> ScanData:
+        return self.data
+
+    def more(self) -> None:
+        return None
+
+    def ended(self) -> bool:
+        return True
+
+    def attrs(self) -> dict[str, Any]:
+        return {"frames_received": self.data.n_frames, "input_file": self.data.source}
+
+    def final_attrs(self, run: RunRecord) -> dict[str, Any]:
+        return {}
+
+
+class StreamSource:
+    """A live scan from a started ``Receiver``: waits for ``warmup_frames``, then drains what has arrived."""
+
+    live = True
+
+    def __init__(self, receiver: Receiver, warmup_frames: int = 16) -> None:
+        self.receiver, self.warmup_frames = receiver, warmup_frames
+        self._seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._geometry: Geometry | None = None
+        self._mask: np.ndarray | None = None
+
+    def first(self, should_stop: Callable[[], bool]) -> ScanData:
+        receiver, buffer = self.receiver, self.receiver.buffer
+        while len(buffer) < self.warmup_frames and not receiver.done.is_set() and not should_stop():
+            buffer.wait(0.05) if len(buffer) else receiver.done.wait(0.05)
+        index, frames, corners = buffer.drain()
+        scan = receiver.scan()
+        if not len(index) or scan is None:
+            raise DataError(f"stream {receiver.endpoint}: ended without usable frames ({receiver.counters()})")
+        self._geometry, self._mask = scan.geometry, scan.mask
+        self._seen.append((index, frames, corners))
+        return ScanData(frames, corners, scan.geometry, scan.mask, scan.probe, receiver.endpoint)
+
+    def more(self) -> tuple[np.ndarray, np.ndarray] | None:
+        index, frames, corners = self.receiver.buffer.drain()
+        if not len(index):
+            return None
+        self._seen.append((index, frames, corners))
+        return frames, corners
+
+    def ended(self) -> bool:
+        return self.receiver.done.is_set() and len(self.receiver.buffer) == 0
+
+    def frames(self) -> tuple[ScanData, np.ndarray]:
+        """Every frame received so far, in arrival order, and their frame numbers."""
+        if len(self._seen) > 1:
+            self._seen[:] = [tuple(np.concatenate(parts) for parts in zip(*self._seen, strict=True))]  # type: ignore[misc]
+        order, intensities, positions = self._seen[0]
+        assert self._geometry is not None
+        return ScanData(intensities, positions, self._geometry, self._mask), order
+
+    def attrs(self) -> dict[str, Any]:
+        counters = self.receiver.counters()
+        return {"input_stream": self.receiver.endpoint, "counters": json.dumps(counters)}
+
+    def final_attrs(self, run: RunRecord) -> dict[str, Any]:
+        accounting = stream_accounting(self.receiver.counters())
+        return accounting | {"iterations_after_scan": run.scheduled_done, "frame_index": np.sort(self.frames()[1])}
+
+
+def stream_accounting(counters: Mapping[str, Any]) -> dict[str, Any]:
+    """The result attributes of a stream's frame accounting (``Counters.as_dict``)."""
+    return {
+        "frames_received": counters["received"],
+        "frames_rejected": counters["frames_rejected"],
+        "frames_rejected_by_reason": json.dumps(counters["rejected"]),
+        "frames_missing": counters["missing"],
+        "frames_duplicate": counters["duplicates"],
+    }
