@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-import h5py
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
@@ -19,6 +18,7 @@ from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsP
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
 from workers.images import render_result
+from workers.io import read_result
 from workers.job import FileInput, JobSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -170,9 +170,7 @@ def get_result_image(job_id: JobId, kind: Literal["amplitude", "phase", "probe"]
 
     Windowed over the scanned region (phase relative to its median there), with a colour bar, and a
     scale bar where the result records its pixel size."""
-    with h5py.File(result_file(store, job_id), "r") as f:
-        result: dict[str, Any] = {key: f[key][()] for key in ("object", "probe", "positions")}
-        result["attrs"] = dict(f.attrs)
+    result = read_result(result_file(store, job_id))
     return Response(render_result(result, kind), media_type="image/png")
 
 
