@@ -167,6 +167,8 @@ def _aligned(
         ramp += _phase_ramp(np.where(inner, ref * moved.conj(), 0))
     mov = shift_image(mov * np.exp(2j * np.pi * (ramp[0] * yy + ramp[1] * xx)), shift)
     r, t = mov[inner], ref[inner]
+    if not r.size:  # a shift as large as the region: no overlap left to compare
+        return mov, inner, shift, ramp, math.inf
     scale = (r.conj() * t).sum() / (np.abs(r) ** 2).sum()
     crms = float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
     return scale * mov, inner, shift, ramp, crms

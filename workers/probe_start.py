@@ -5,11 +5,11 @@ Far field: the mean pattern's square root is the probe's pupil amplitude (the ob
 little of the light outside it); what the data leave open is the pupil's phase. Candidates are
 the pupil (raw, or its thresholded support) with a defocus exp(i pi (c_y f_y^2 + c_x f_x^2)) of
 either sign over a range of beam widths, plus flat discs in real space (structured beams whose
-pupil is a speckle); each is scored by the amplitude residual after a few mini-batch rPIE epochs
-on a compact subset of the frames (object starting at ones; all candidates after one epoch, the
-best few after three), and the best one's defocus is then refined per axis (astigmatism).
+pupil is a speckle); each is scored by the amplitude residual over one mini-batch rPIE epoch on a
+compact subset of the frames (object starting at ones), and the best one's defocus is then
+refined per axis (astigmatism).
 Near field: the mean hologram's amplitude, back-propagated with and without a phase curvature,
-scored alike. The search costs a few percent of a default 200-epoch run (bench_start.py).
+scored alike. The search costs about 3-8% of a default 200-epoch run (bench_start.py).
 """
 
 from __future__ import annotations
@@ -24,20 +24,17 @@ import torch
 
 from workers import layout
 from workers.data import ReconState, ScanData
-from workers.engines.base import Engine
 from workers.engines.registry import make_engine
 from workers.errors import DataError
 from workers.probe_spec import ProbeStart
 
 __all__ = ["ProbeStart", "beam_diameter", "initial_probe", "read_probe_file"]
 
-SEARCH_FRAMES = 48  # frames (nearest the scan's centre) each candidate is scored on
-SEARCH_EPOCHS = 3  # epochs per candidate; all are screened after the first, the best SEARCH_KEEP go on
-SEARCH_KEEP = 6
+SEARCH_FRAMES = 64  # frames (nearest the scan's centre) each candidate is scored on
 SEARCH_BATCH = 8
-BEAM_FRACTIONS = (0.12, 0.25, 0.4, 0.55, 0.7)  # defocused beam widths tried, fractions of the frame
+BEAM_FRACTIONS = (0.08, 0.15, 0.22, 0.3, 0.4, 0.5, 0.6, 0.7)  # defocused beam widths tried, fractions of the frame
 DISC_FRACTIONS = (0.2, 0.35, 0.5)  # flat real-space discs tried, fractions of the frame
-ASTIGMATISM = (0.7, 1.4)  # per-axis defocus factors tried around the best candidate, one axis at a time
+ASTIGMATISM = ((0.7, 1.4), (0.85, 1.18))  # per-axis defocus factors tried around the best, one axis at a time
 NEAR_CURVATURES = (0.0, -16.0, -4.0, 4.0, 16.0)  # hologram phase at the frame's edge, radians
 FILE_PATHS = ("probe", "entry_1/instrument_1/source_1/probe", "entry_1/probe_1/data")
 
@@ -210,17 +207,16 @@ def _search_subset(data: ScanData) -> ScanData:
     return data.subset(np.sort(order[:SEARCH_FRAMES]))
 
 
-def _engine(subset: ScanData, probe: np.ndarray, device: torch.device, seed: int) -> Engine:
-    """A mini-batch rPIE engine on ``subset`` starting from ``probe`` and a unit object."""
+def _score(subset: ScanData, probe: np.ndarray, device: torch.device, seed: int) -> float:
+    """Amplitude residual over one mini-batch rPIE epoch from ``probe`` and a unit object (inf if it diverged).
+
+    One epoch, not more: later epochs favour beams too small for the data (less overlap lets the
+    object fit each frame alone), while the first measures how well the probe explains the frames.
+    """
     state = ReconState.initial(_scaled(probe[None], subset), device=device)
     engine = make_engine("rpie", state, subset.geometry, {"batch_size": SEARCH_BATCH}, mask=subset.mask, seed=seed)
     engine.add_frames(subset.intensities, subset.positions)
-    return engine
-
-
-def _loss(engine: Engine, epochs: int) -> float:
-    """The amplitude residual of the last of ``epochs`` more epochs (inf if it diverged)."""
-    loss = engine.iterate(epochs)[-1]
+    loss = engine.iterate(1)[0]
     return loss if math.isfinite(loss) else math.inf
 
 
@@ -231,27 +227,25 @@ def _search(data: ScanData, device: torch.device, seed: int) -> tuple[np.ndarray
     subset = _search_subset(data)
     far = data.geometry.kind == "far"
     candidates = _far_field_candidates(mean) if far else _near_field_candidates(data, mean)
-    screened = [(_engine(subset, p, device, seed), label, p, params) for label, p, params in candidates]
-    screened = sorted(((_loss(e, 1), e, *rest) for e, *rest in screened), key=lambda s: s[0])
-    scored = [(_loss(e, SEARCH_EPOCHS - 1), label, p, params) for _, e, label, p, params in screened[:SEARCH_KEEP]]
+    scored = [(_score(subset, p, device, seed), label, p, params) for label, p, params in candidates]
     best = min(scored, key=lambda s: s[0])
     if far and best[3] is not None and best[3][1] != 0:
         name, cy, cx = best[3]
         pupil = _pupils(mean)[0][name]
-        for axis in (0, 1):
-            for factor in ASTIGMATISM:
-                ry, rx = (cy * factor, cx) if axis == 0 else (cy, cx * factor)
-                probe = _defocused(pupil, ry, rx)
-                label = f"{name} pupil, defocus {ry:+.0f}/{rx:+.0f} px2 (row/col)"
-                score = _loss(_engine(subset, probe, device, seed), SEARCH_EPOCHS)
-                scored.append((score, label, probe, (name, ry, rx)))
-            best = min(scored, key=lambda s: s[0])
-            _, cy, cx = best[3]
+        for factors in ASTIGMATISM:
+            for axis in (0, 1):
+                for factor in factors:
+                    ry, rx = (cy * factor, cx) if axis == 0 else (cy, cx * factor)
+                    probe = _defocused(pupil, ry, rx)
+                    label = f"{name} pupil, defocus {ry:+.0f}/{rx:+.0f} px2 (row/col)"
+                    scored.append((_score(subset, probe, device, seed), label, probe, (name, ry, rx)))
+                best = min(scored, key=lambda s: s[0])
+                _, cy, cx = best[3]
     score, label, probe, _ = best
     seconds = time.perf_counter() - t0
     record = (
         f"data: {label}, beam {beam_diameter(probe) / data.frame_size:.2f} M "
-        f"(best of {len(candidates) + len(scored) - SEARCH_KEEP}, residual {score:.3g}, {seconds:.1f} s)"
+        f"(best of {len(scored)}, residual {score:.3g}, {seconds:.1f} s)"
     )
     return probe[None].astype(np.complex64), record
 

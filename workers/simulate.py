@@ -61,24 +61,25 @@ def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: G
     Far-field probes are built in the pupil (detector) plane, f in cycles/pixel, defocus
     exp(i pi (c_y f_y^2 + c_x f_x^2)), which spreads a pupil of radius f_p over 2 c f_p pixels:
     focused: a disc pupil a little off focus; airy: a disc pupil (radius 0.25) in focus;
-    zone-plate-25 / -50: an annular pupil (radius 0.15, central stop 0.4 of it) defocused so that
-    the ring-shaped beam spans 25% / 50% of the frame, with 5% astigmatism; kb: a rectangular
-    pupil (Kirkpatrick-Baez mirrors) with a different defocus per axis (beam 30% x 45% of the
-    frame); structured: a soft-edged disc (diameter ~0.34 M) with a random phase of ~1.5 px
-    correlation (a phase mask or diffuser near the sample); near: a wide beam with a smooth random
-    phase (a diffuser), for near-field ptychography.
+    zone-plate-25 / -50: a high-NA annular pupil (radius 0.45, nearly filling the detector;
+    central stop half of it) defocused so that the ring-shaped beam spans 25% / 50% of the frame,
+    with 5% astigmatism; kb: a rectangular pupil (Kirkpatrick-Baez mirrors, 0.8 x 0.7 of the
+    detector) with a different defocus per axis (beam 30% x 45% of the frame); structured: a
+    soft-edged disc (diameter ~0.34 M) with a random phase of ~1.5 px correlation (a phase mask or
+    diffuser near the sample); near: a wide beam with a smooth random phase (a diffuser), for
+    near-field ptychography.
     """
     f = np.fft.fftfreq(size)
     fy, fx = f[:, None], f[None, :]
     r2 = fy**2 + fx**2
     yy, xx = (np.mgrid[:size, :size] - size / 2 + 0.5) / size
     if kind in ZONE_PLATE:
-        outer = 0.15
-        pupil = ((r2 < outer**2) & (r2 > (0.4 * outer) ** 2)).astype(float)
+        outer = 0.45
+        pupil = ((r2 < outer**2) & (r2 > (0.5 * outer) ** 2)).astype(float)
         c = ZONE_PLATE[kind] * size / (2 * outer)
         probe = _from_pupil(pupil, 1.05 * c, 0.95 * c)
     elif kind == "kb":
-        ay, ax = 0.14, 0.12
+        ay, ax = 0.4, 0.35
         pupil = ((abs(fy) < ay) & (abs(fx) < ax)).astype(float)
         probe = _from_pupil(pupil, 0.3 * size / (2 * ay), 0.45 * size / (2 * ax))
     elif kind == "airy":

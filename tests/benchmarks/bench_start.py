@@ -197,6 +197,13 @@ schedule (which stops when the loss stops improving), search included. "start/tr
 start's beam diameter (2 sqrt 2 x RMS radius) over the true probe's. Reconstructions next to the
 truth: out/start-NAME.png.
 
+Before (measured once by hand, not by this script): the previous data-derived guess
+(`workers.data.probe_guess` at commit e679556, one isotropic defocus matched to the width of the
+mean pattern's autocorrelation) underestimates high-NA beams (start/true beam 0.47 on
+zone-plate-50, 0.34 on kb), and the same default schedule from it fails: zone-plate-50-1e5
+residual 1.06x the truth's, cRMS 0.32; kb-1e5 1.14x, cRMS 0.44 (zone-plate-25-1e5 passes: 0.90x,
+0.053). From the new start both pass (table).
+
 """
 
 if __name__ == "__main__":
