@@ -114,7 +114,10 @@ def run(
         raise DataError("schedule: needs at least one engine stage")
     first = source.first(hooks.should_stop or (lambda: False))
     geometry, mask = first.geometry, first.mask
-    probe, probe_record = initial_probe(first, n_modes, probe_start, device=device, seed=seed)
+    if resume is None:
+        probe, probe_record = initial_probe(first, n_modes, probe_start, device=device, seed=seed)
+    else:  # the checkpoint's probe replaces the start at once: no search
+        probe, probe_record = resume.state["probe"], str(resume.attrs.get("probe_start", "checkpoint"))
     state = ReconState.initial(probe, device=device)
     run = RunRecord(state, hooks, source.frames)
     run.attrs = {
