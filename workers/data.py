@@ -15,8 +15,6 @@ import torch
 from workers import physics
 from workers.errors import DataError
 
-PLANCK_C = 6.62607015e-34 * 299792458.0  # h c, J m
-
 
 @dataclass(frozen=True)
 class Geometry:

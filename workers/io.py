@@ -4,9 +4,9 @@ Units: CXI stores metres and joules; ``ScanData`` holds pixels. CXI translations
 translations in the lab frame, so the probe moves by their negative. The detector's
 ``basis_vectors`` (3, 2) (a (2, 3) one is transposed) give the lab direction of the frame's row
 and column axes (as cdtools reads them; its default [[0, -p], [-p, 0], [0, 0]] where the file has
-none), so
-(row, col) = pinv(U) (-t) / (dy, dx) with U the unit basis and the sample-plane pixel
-dx = lambda z / (M p) in the far field, p / magnification in the near field.
+none), so (row, col) = pinv(U) (-t) / (dy, dx) with U the unit basis and the sample-plane
+pixel dx = lambda z / (M p) in the far field, p / magnification in the near field. Every
+conversion is in ``workers.units``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ from typing import Any
 import h5py
 import numpy as np
 
-from workers.data import PLANCK_C, Geometry, ScanData
+from workers import layout
+from workers.data import Geometry, ScanData
 from workers.errors import DataError
+from workers.units import (
+    DEFAULT_BASIS,
+    corners_from_translations,
+    detector_pixel,
+    effective_distance,
+    energy_j_from_wavelength,
+    sample_pixel,
+    translations_from_corners,
+    wavelength_from_energy_j,
+)
 
 DATA_PATHS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
 TRANSLATION_PATHS = ("entry_1/sample_1/geometry_1/translation", "entry_1/data_1/translation")
@@ -30,26 +41,6 @@ SOURCE = "entry_1/instrument_1/source_1"
 PROBE_PATHS = ("entry_1/instrument_1/source_1/probe", "entry_1/probe_1/data")
 BACKGROUND_NAMES = ("dark", "data_dark", "background")
 EXTRA = "entry_1/ptychostream"
-DEFAULT_BASIS = np.array([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0]])
-DEFAULT_INVERSE = np.linalg.pinv(DEFAULT_BASIS)
-
-
-def corners_from_translations(
-    translation: np.ndarray, pixel: tuple[float, float], size: int, basis: np.ndarray = DEFAULT_BASIS
-) -> np.ndarray:
-    """Sample translations (N, 3) m -> probe-window corners (N, 2) (row, col) in sample-plane pixels.
-
-    ``pixel`` is the sample-plane (dy, dx) in metres, ``basis`` the unit lab directions (3, 2) of the
-    frame's row and column axes.
-    """
-    inverse = DEFAULT_INVERSE if basis is DEFAULT_BASIS else np.linalg.pinv(basis)
-    centres = (-np.asarray(translation, dtype=np.float64) @ inverse.T) / np.asarray(pixel)
-    return centres - size / 2
-
-
-def translations_from_corners(corners: np.ndarray, pixel: float, size: int) -> np.ndarray:
-    """Probe-window corners (N, 2) pixels -> sample translations (N, 3) m along ``DEFAULT_BASIS``."""
-    return -((np.asarray(corners, dtype=np.float64) + size / 2) * pixel) @ DEFAULT_BASIS.T
 
 
 def load_scan(path: str | Path, *, near_field: bool | None = None, focus_distance: float | None = None) -> ScanData:
@@ -143,7 +134,7 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
     if f"{SOURCE}/wavelength" in f:
         wavelength = _scalar(f, f"{SOURCE}/wavelength", path)
     else:
-        wavelength = PLANCK_C / _scalar(f, f"{SOURCE}/energy", path)
+        wavelength = wavelength_from_energy_j(_scalar(f, f"{SOURCE}/energy", path))
     mask = None
     if f"{DETECTOR}/mask" in f:
         bad = np.asarray(_read(f[f"{DETECTOR}/mask"], path))
@@ -162,14 +153,13 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
     truth = {k: np.asarray(_read(v, path)) for k, v in f[f"{EXTRA}/truth"].items()} if f"{EXTRA}/truth" in f else {}
 
     m = frames.shape[-1]
-    if near_field:
-        mag = 1.0 if not focus_distance else (focus_distance + distance) / focus_distance
-        dy, dx = py / mag, px / mag
-        geometry = Geometry("near", wavelength, distance / mag, dx, focus_distance or 0.0)
+    kind = "near" if near_field else "far"
+    dy, dx = (sample_pixel(kind, p, wavelength, distance, m, focus_distance) for p in (py, px))
+    if kind == "near":
+        geometry = Geometry("near", wavelength, effective_distance(distance, focus_distance), dx, focus_distance or 0.0)
         if abs(dy - dx) > 1e-3 * dx:
             raise DataError(f"{path}: x_pixel_size/y_pixel_size: near-field needs square pixels, got {px} and {py}")
     else:
-        dx, dy = wavelength * distance / (m * px), wavelength * distance / (m * py)
         geometry = Geometry("far", wavelength, distance, dx)
     corners = corners_from_translations(translation, (dy, dx), m, basis)
     if translation.shape[0] != frames.shape[0]:
@@ -193,7 +183,7 @@ def read_tike_npz(path: Path) -> ScanData:
     probe = np.asarray(z["probe"], dtype=np.complex64) if "probe" in z else None
     if probe is not None:
         probe = probe.reshape((-1, *probe.shape[-2:]))
-    frames = np.fft.fftshift(data, axes=(-2, -1))
+    frames = layout.to_detector(data, "far")
     return ScanData(frames, scan, Geometry("far"), None, probe, str(path))
 
 
@@ -202,11 +192,13 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
     g = data.geometry
     if g.wavelength <= 0 or g.distance <= 0 or g.pixel_size <= 0:
         raise DataError(f"{path}: geometry: writing CXI needs wavelength, distance and pixel size, got {g}")
-    m = data.frame_size
-    if g.kind == "far":
-        detector_pixel = g.wavelength * g.distance / (m * g.pixel_size)
-    else:
-        detector_pixel = g.pixel_size
+    m, focus = data.frame_size, g.focus_distance or None
+    distance = g.distance
+    if g.kind == "near" and focus:  # the file holds the real detector distance z: z_eff = z f / (f + z)
+        if g.distance >= focus:
+            raise DataError(f"{path}: geometry: effective distance {g.distance} m must be below the focus distance")
+        distance = g.distance * focus / (focus - g.distance)
+    pixel = detector_pixel(g.kind, g.pixel_size, g.wavelength, distance, m, focus)
     translation = translations_from_corners(data.positions, g.pixel_size, m)
     with h5py.File(path, "w") as f:
         f["cxi_version"] = 160
@@ -214,14 +206,14 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
         det = f.create_group(DETECTOR)
         frames = data.intensities.astype(np.float32)
         det.create_dataset("data", data=frames, chunks=(1, m, m), compression="gzip", compression_opts=1)
-        det["distance"] = g.distance
-        det["x_pixel_size"] = detector_pixel
-        det["y_pixel_size"] = detector_pixel
-        det["basis_vectors"] = DEFAULT_BASIS * detector_pixel
+        det["distance"] = distance
+        det["x_pixel_size"] = pixel
+        det["y_pixel_size"] = pixel
+        det["basis_vectors"] = DEFAULT_BASIS * pixel
         if data.mask is not None:
             det["mask"] = (~data.mask).astype(np.uint32)
         src = f.create_group(SOURCE)
-        src["energy"] = PLANCK_C / g.wavelength
+        src["energy"] = energy_j_from_wavelength(g.wavelength)
         src["wavelength"] = g.wavelength
         if data.probe is not None:
             src["probe"] = data.probe
@@ -230,6 +222,8 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
         f["entry_1/data_1/translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
         extra = f.create_group(EXTRA)
         extra.attrs["propagation"] = g.kind
+        if focus:
+            extra.attrs["focus_distance"] = focus
         for key, value in (truth or {}).items():
             extra.create_dataset(f"truth/{key}", data=value)
 

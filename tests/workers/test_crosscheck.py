@@ -62,10 +62,11 @@ import pytest
 import torch
 
 from workers import layout
-from workers.data import PLANCK_C, Geometry, ScanData
-from workers.io import DEFAULT_BASIS, load_scan, write_cxi
+from workers.data import Geometry, ScanData
+from workers.io import load_scan, write_cxi
 from workers.metrics import model_intensities
 from workers.physics import NearField
+from workers.units import DEFAULT_BASIS, PLANCK_C
 
 cdtools = pytest.importorskip("cdtools")
 

@@ -146,3 +146,23 @@ def test_scan_data_validation() -> None:
         ScanData(ok, np.zeros((2, 2)), Geometry("near"))
     with pytest.raises(DataError, match="expected shape \\(N, M, M\\)"):
         ScanData(np.ones((2, 4, 5), np.float32), np.zeros((2, 2)))
+
+
+def test_cone_beam_near_field_round_trip(tmp_path: Path) -> None:
+    """A Fresnel-scaled near-field scan written as CXI keeps its real detector distance, pixel and focus."""
+    from workers.simulate import simulate
+
+    data = simulate(probe_size=32, n_positions=10, near_field=True, seed=4)
+    focus, z = 3.65e-3, 1.12
+    mag = (focus + z) / focus
+    g = Geometry("near", data.geometry.wavelength, z / mag, 55e-6 / mag, focus)
+    cone = ScanData(data.intensities, data.positions, g)
+    write_cxi(tmp_path / "c.cxi", cone)
+    with h5py.File(tmp_path / "c.cxi") as f:
+        assert f["entry_1/instrument_1/detector_1/distance"][()] == pytest.approx(z)
+        assert f["entry_1/instrument_1/detector_1/x_pixel_size"][()] == pytest.approx(55e-6)
+    back = load_scan(tmp_path / "c.cxi")
+    assert back.geometry.kind == "near" and back.geometry.focus_distance == pytest.approx(focus)
+    assert back.geometry.distance == pytest.approx(g.distance)
+    assert back.geometry.pixel_size == pytest.approx(g.pixel_size)
+    np.testing.assert_allclose(back.positions, data.positions, atol=1e-6)
