@@ -1,0 +1,83 @@
+"""``ptychostream listen`` and ``replay``: receive a scan from a stream, or send one as a virtual detector."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from service.cli.common import Subparsers, add_preprocess_arguments, preprocessing
+from workers.stream.protocol import Protocol
+
+PROTOCOLS = [p.value for p in Protocol]
+
+
+def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.stream.preprocess import build_preprocessor
+    from workers.stream.protocol import Protocol
+    from workers.stream.receiver import Receiver
+
+    protocol = Protocol(args.protocol) if args.protocol else None
+    preprocess = build_preprocessor(preprocessing(args))
+    receiver = Receiver(
+        args.endpoint,
+        positions=args.positions,
+        preprocess=preprocess,
+        protocol=protocol,
+        idle_timeout_s=args.idle_timeout,
+    ).start()
+    try:
+        while not receiver.done.is_set():
+            receiver.buffer.wait(0.1)
+            receiver.buffer.drain()
+    finally:
+        receiver.close()
+    return receiver.counters()
+
+
+def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.io import load_scan
+    from workers.stream.detector import Faults, replay
+    from workers.stream.protocol import Protocol
+
+    data = load_scan(args.input)
+    faults = Faults(args.drop, args.duplicate, args.reorder, args.corrupt, args.fault_seed)
+    report = replay(
+        data,
+        args.to,
+        kind=Protocol(args.protocol),
+        compression=None if args.compression == "none" else args.compression,
+        rate_hz=args.rate,
+        positions_endpoint=args.positions_to,
+        position_lag=args.position_lag,
+        faults=faults,
+        scan_id=args.scan_id,
+        batch=args.batch,
+    )
+    return {"file": args.input, "to": args.to, "protocol": args.protocol, **report.as_dict()}
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``listen`` and ``replay`` commands."""
+    p = sub.add_parser("listen", help="receive one scan from a stream; print frame accounting and rates")
+    p.add_argument("endpoint", metavar="tcp://HOST:PORT")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="accept only this format (default: any)")
+    p.add_argument("--positions", metavar="tcp://HOST:PORT", help="separate position stream")
+    p.add_argument("--idle-timeout", type=float, help="s without data that end the scan (default: wait)")
+    p.add_argument("--json", action="store_true", help="print the accounting as one JSON line")
+    add_preprocess_arguments(p)
+    p.set_defaults(func=cmd_listen)
+    p = sub.add_parser("replay", help="virtual detector: stream a scan file over ZeroMQ")
+    p.add_argument("input", metavar="IN.cxi")
+    p.add_argument("--to", required=True, metavar="tcp://HOST:PORT", help="the receiver's endpoint")
+    p.add_argument("--rate", type=float, help="frames per second (default: as fast as possible)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native")
+    p.add_argument("--compression", choices=["none", "lz4", "bslz4"], default="none", help="DECTRIS formats only")
+    p.add_argument("--positions-to", metavar="tcp://HOST:PORT", help="send positions on a separate stream")
+    p.add_argument("--position-lag", type=int, default=0, help="frames by which positions trail (<0: lead)")
+    p.add_argument("--scan-id", default="1", help="scan (series) id; digits for the DECTRIS formats")
+    p.add_argument("--batch", type=int, default=1, help="frames per message (native 'frames' messages; default 1)")
+    for fault in ("drop", "duplicate", "reorder", "corrupt"):
+        p.add_argument(f"--{fault}", type=float, default=0.0, metavar="FRACTION", help=f"fault injection: {fault}")
+    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_replay)
