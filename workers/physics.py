@@ -181,9 +181,36 @@ class NearField:
         return torch.fft.ifft2(torch.fft.fft2(v) * self.kernel.conj().to(v.dtype))
 
 
+class _Modulus(torch.autograd.Function):
+    """sqrt(x) for x >= 0 whose derivative at x = 0 is 0 instead of infinity.
+
+    Through ``intensity`` the modulus |Psi| = sqrt(|Psi|^2) has the derivative Psi / |Psi|, bounded
+    but undefined at Psi = 0, where the chain rule of a plain ``sqrt`` gives inf * 0 = NaN. A zero
+    derivative there is the limit of the PIE projection Psi (1 - d / (|Psi| + eps)) and of
+    ``bh_objective``'s 1 / (|Psi| + eps): the objective's gradient is 0 at a model zero. The
+    backward pass is made of differentiable operations, so Hessian-vector products work too.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        out = x.sqrt()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        positive = out > 0
+        return torch.where(positive, grad / (2 * torch.where(positive, out, torch.ones_like(out))), 0.0)
+
+
 def model_amplitude(far: Tensor) -> Tensor:
-    """Model amplitude sqrt(sum_k |Psi_k|^2) (BATCH, M, M) of detector fields (BATCH, MODE, M, M)."""
-    return intensity(far).sqrt()
+    """Model amplitude sqrt(sum_k |Psi_k|^2) (BATCH, M, M) of detector fields (BATCH, MODE, M, M).
+
+    Safe at Psi = 0 under autograd (``_Modulus``): the gradient there is 0, not NaN.
+    """
+    power = intensity(far)
+    return _Modulus.apply(power) if power.requires_grad else power.sqrt()
 
 
 def amplitude_residual(amp: Tensor, measured: Tensor, mask: Tensor | None) -> Tensor:

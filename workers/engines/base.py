@@ -58,6 +58,15 @@ class Engine(ABC):
         self.loss_history: list[float] = []
         self.time_history: list[float] = []
         self._t0: float | None = None
+        self.probe_power = _power(state.probe)
+
+    def constrain_probe_power(self) -> None:
+        """Rescale the probe so that sum |P|^2 is ``probe_power`` again (no host sync).
+
+        The data fix only the product P S_r O: this pins the free scale (O / s, s P); see ``pie``.
+        """
+        power = _power(self.state.probe)
+        self.state.probe.mul_((self.probe_power / power.clamp(min=torch.finfo(power.dtype).tiny)).sqrt())
 
     def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
         """Append frames (n, M, M) in detector layout (``workers.layout``) at scan positions (n, 2) pixels.
@@ -140,6 +149,11 @@ class Engine(ABC):
         out["loss"] = np.asarray(self.loss_history)
         out["time_s"] = np.asarray(self.time_history)
         return out
+
+
+def _power(probe: torch.Tensor) -> torch.Tensor:
+    """sum |P|^2 over all modes and pixels (a real scalar tensor on the probe's device)."""
+    return probe.real.square().sum() + probe.imag.square().sum()
 
 
 def orthogonalize_modes(probe: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ class AdamOptions(EngineOptions):
     """Autodiff baseline: the amplitude objective minimised with torch.optim.Adam."""
 
     batch_size: int = Field(32, ge=1, description="Frames per Adam step.")
-    lr: float = Field(0.05, gt=0, description="Object learning rate; the probe's is scaled by its peak amplitude.")
+    lr: float = Field(0.05, gt=0, description="Object learning rate; the probe's is scaled by its RMS amplitude.")
 
 
 class BHOptions(EngineOptions):
