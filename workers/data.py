@@ -1,7 +1,7 @@
 """Scan data and reconstruction state: the in-memory types every engine shares.
 
-``ScanData`` holds what was measured (host, numpy); ``ReconState`` what is being
-reconstructed (torch, on the engine's device). File formats live in ``workers.io``.
+``ScanData`` holds what was measured and ``Geometry`` how (host, numpy only); the state being
+reconstructed (torch) is ``workers.state.ReconState``. File formats live in ``workers.io``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 
-from workers import physics
 from workers.errors import DataError
 
 
@@ -29,12 +27,6 @@ class Geometry:
     distance: float = 0.0
     pixel_size: float = 0.0
     focus_distance: float = 0.0
-
-    def propagator(self, size: int, device: torch.device | str) -> physics.Propagator:
-        """The propagator this geometry implies for frames of ``size`` x ``size``."""
-        if self.kind == "far":
-            return physics.FarField()
-        return physics.NearField(self.wavelength, self.distance, self.pixel_size, size, device)
 
 
 @dataclass
@@ -102,73 +94,3 @@ class ScanData:
         return ScanData(
             self.intensities[index], self.positions[index], self.geometry, self.mask, self.probe, self.source
         )
-
-
-@dataclass
-class ReconState:
-    """What is being reconstructed, on one device.
-
-    object    : (H, W) complex64.
-    probe     : (MODE, M, M) complex64.
-    positions : (FRAME, 2) float64, probe-window corners in object-array pixels.
-    origin    : (2,) float64 such that object coordinates = scan coordinates + origin.
-    """
-
-    object: torch.Tensor
-    probe: torch.Tensor
-    positions: torch.Tensor
-    origin: np.ndarray
-    margin: int = 8
-
-    @classmethod
-    def initial(cls, probe: np.ndarray, *, margin: int = 8, device: torch.device | str = "cpu") -> ReconState:
-        """An empty state holding the probe guess; ``append_positions`` grows a unit object around the scan."""
-        return cls(
-            object=torch.ones((0, 0), dtype=torch.complex64, device=device),
-            probe=torch.as_tensor(probe, dtype=torch.complex64).to(device),
-            positions=torch.zeros((0, 2), dtype=torch.float64, device=device),
-            origin=np.zeros(2),
-            margin=margin,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return self.object.device
-
-    def cover(self, scan_positions: np.ndarray) -> None:
-        """Grow the object (padding with ones) so that ``scan_positions`` lie inside with margin."""
-        m, g = self.probe.shape[-1], self.margin
-        if self.object.numel() == 0:
-            self.origin = g - np.floor(scan_positions.min(0))
-        pos = scan_positions + self.origin
-        lo = np.minimum(np.floor(pos.min(0)) - g, 0).astype(int)
-        h, w = self.object.shape
-        hi = np.maximum(np.ceil(pos.max(0)) + m + g, (h, w)).astype(int)
-        if (lo == 0).all() and hi[0] == h and hi[1] == w:
-            return
-        grown = torch.ones((hi[0] - lo[0], hi[1] - lo[1]), dtype=torch.complex64, device=self.device)
-        grown[-lo[0] : -lo[0] + h, -lo[1] : -lo[1] + w] = self.object
-        self.object = grown
-        self.origin = self.origin - lo
-        if self.positions.numel():
-            self.positions = self.positions - torch.as_tensor(lo, dtype=torch.float64, device=self.device)
-
-    def append_positions(self, scan_positions: np.ndarray) -> None:
-        """Add frames' positions (scan coordinates), growing the object to cover them."""
-        self.cover(scan_positions)
-        new = torch.from_numpy(scan_positions + self.origin).to(self.device)
-        self.positions = torch.cat([self.positions, new])
-
-    def copy(self) -> ReconState:
-        return ReconState(
-            self.object.clone(), self.probe.clone(), self.positions.clone(), self.origin.copy(), self.margin
-        )
-
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """Host copies: object (H, W), probe (MODE, M, M), positions (FRAME, 2), origin (2,)."""
-        return {
-            "object": self.object.cpu().numpy(),
-            "probe": self.probe.cpu().numpy(),
-            "positions": self.positions.cpu().numpy(),
-            "origin": self.origin.copy(),
-        }

@@ -9,17 +9,19 @@ frequency at index [0, 0] (what an unshifted FFT gives); a near-field hologram i
 real-space image as on the detector.
 
 Converting happens once, at the boundary, through these two functions and nowhere else.
-They accept numpy arrays and torch tensors (frames ``(..., M, M)``).
+They accept numpy arrays and torch tensors (frames ``(..., M, M)``); numpy callers never load torch.
 """
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
-import torch
 
-Frames = TypeVar("Frames", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+Frames = TypeVar("Frames", np.ndarray, "torch.Tensor")
 Kind = Literal["far", "near"]
 
 
@@ -28,11 +30,13 @@ def _shift(frames: Frames, kind: str, inverse: bool) -> Frames:
         return frames
     if kind != "far":
         raise ValueError(f"propagation must be 'far' or 'near', got {kind!r}")
-    if isinstance(frames, torch.Tensor):
-        op = torch.fft.ifftshift if inverse else torch.fft.fftshift
-        return op(frames, dim=(-2, -1))
-    op_np = np.fft.ifftshift if inverse else np.fft.fftshift
-    return op_np(frames, axes=(-2, -1))
+    if isinstance(frames, np.ndarray):
+        op_np = np.fft.ifftshift if inverse else np.fft.fftshift
+        return op_np(frames, axes=(-2, -1))
+    import torch  # only a tensor gets here, so torch is loaded already
+
+    op = torch.fft.ifftshift if inverse else torch.fft.fftshift
+    return op(frames, dim=(-2, -1))
 
 
 def to_model(frames: Frames, kind: Kind | str) -> Frames:

@@ -27,7 +27,7 @@ SUBPIXEL_PAD = 2
 
 def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, batch: int = 64):
     """Yield (model intensities, measured intensities) per batch, both in model layout (``workers.layout``)."""
-    prop = data.geometry.propagator(data.frame_size, "cpu")
+    prop = physics.propagator(data.geometry, data.frame_size, "cpu")
     o = torch.from_numpy(np.asarray(obj, dtype=np.complex64))
     p = torch.from_numpy(np.asarray(probe, dtype=np.complex64))
     for start in range(0, data.n_frames, batch):

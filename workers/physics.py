@@ -28,6 +28,8 @@ from typing import Protocol
 
 import torch
 
+from workers.data import Geometry
+
 Tensor = torch.Tensor
 
 
@@ -202,6 +204,13 @@ class _Modulus(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         positive = out > 0
         return torch.where(positive, grad / (2 * torch.where(positive, out, torch.ones_like(out))), 0.0)
+
+
+def propagator(geometry: Geometry, size: int, device: torch.device | str) -> Propagator:
+    """The propagator ``geometry`` implies for frames of ``size`` x ``size``."""
+    if geometry.kind == "far":
+        return FarField()
+    return NearField(geometry.wavelength, geometry.distance, geometry.pixel_size, size, device)
 
 
 def model_amplitude(far: Tensor) -> Tensor:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from workers.data import ReconState
 from workers.images import KINDS, png, threshold
+from workers.state import ReconState
 
 
 @dataclass

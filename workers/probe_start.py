@@ -22,11 +22,12 @@ import h5py
 import numpy as np
 import torch
 
-from workers import layout
-from workers.data import ReconState, ScanData
+from workers import layout, physics
+from workers.data import ScanData
 from workers.engines.registry import make_engine
 from workers.errors import DataError
 from workers.probe_spec import ProbeStart
+from workers.state import ReconState
 
 __all__ = ["ProbeStart", "beam_diameter", "initial_probe", "read_probe_file"]
 
@@ -190,7 +191,7 @@ def _near_field_candidates(data: ScanData, mean: np.ndarray) -> list[tuple[str, 
     """Back-propagations of the mean hologram amplitude with phase curvatures, and the amplitude as is."""
     m = data.frame_size
     r2 = (_centred_radius(m) / (m / 2)) ** 2
-    prop = data.geometry.propagator(m, "cpu")
+    prop = physics.propagator(data.geometry, m, "cpu")
     out: list[tuple[str, np.ndarray, None]] = [("hologram amplitude", np.sqrt(mean).astype(complex), None)]
     for k in NEAR_CURVATURES:
         wave = torch.from_numpy((np.sqrt(mean) * np.exp(1j * k * r2)).astype(np.complex64))

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from workers.checkpoint import Autosave, Checkpoint, result_state
-from workers.data import ReconState, ScanData
+from workers.data import ScanData
 from workers.engines.base import Engine
 from workers.io import write_result
 from workers.previews import PreviewPublisher
+from workers.state import ReconState
 
 log = logging.getLogger(__name__)
 

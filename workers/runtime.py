@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from workers.checkpoint import Autosave, Checkpoint
-from workers.data import Geometry, ReconState, ScanData
+from workers.data import Geometry, ScanData
 from workers.devices import resolve_device
 from workers.engines.base import Engine
 from workers.engines.options import OPTIONS, EngineName, EngineOptions
@@ -37,6 +37,7 @@ from workers.probe_start import initial_probe
 from workers.record import Hooks, Progress, Result, RunRecord, package_version
 from workers.schedule import StageLike, StageSpec, TransformName, converged, schedule_text
 from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting
+from workers.state import ReconState
 from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
 from workers.transforms import TRANSFORMS

@@ -155,7 +155,7 @@ def simulate(
     size = np.ceil(corners.max(0) + m + margin).astype(int)
     obj = make_object((int(size[0]), int(size[1])), rng)
 
-    prop = geometry.propagator(m, "cpu")
+    prop = physics.propagator(geometry, m, "cpu")
     corner, frac = physics.split_positions(torch.from_numpy(corners))
     patches = physics.patches(torch.from_numpy(obj), corner, frac, m, pad=2)
     far = prop.forward(physics.exit_waves(torch.from_numpy(probe)[None], patches))

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from workers.data import ReconState
 from workers.engines.base import SUBPIXEL_PAD, Engine
 from workers.schedule import TransformName
+from workers.state import ReconState
 
 Transform = Callable[[ReconState, Engine], None]
 

@@ -55,12 +55,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from workers import layout  # noqa: E402
-from workers.data import ReconState, ScanData  # noqa: E402
+from workers.data import ScanData  # noqa: E402
 from workers.engines.registry import make_engine  # noqa: E402
 from workers.io import load_scan  # noqa: E402
 from workers.metrics import data_metrics, model_intensities  # noqa: E402
 from workers.probe_start import initial_probe  # noqa: E402
 from workers.simulate import simulate  # noqa: E402
+from workers.state import ReconState
 
 LEVELS = (10.0, 2.0, 1.1, 1.05)
 ENGINES = ("bh-cg", "bh-qn", "bh-gd", "rpie5+bh-cg", "epie", "rpie", "adam")

@@ -31,9 +31,9 @@ STEPS = {"epie": (1.0, 1.0), "rpie": (0.1, 1.0)}
 
 def build_inputs(path: Path, probe_size: int, positions: int, seed: int) -> dict:
     """Simulate the scan and write the shared start (npz) and the truth; returns scan facts."""
-    from workers.data import ReconState
     from workers.probe_start import initial_probe
     from workers.simulate import simulate
+    from workers.state import ReconState
 
     data = simulate(probe_size=probe_size, n_positions=positions, overlap=0.7, photons=1e6, seed=seed)
     state = ReconState.initial(initial_probe(data)[0])
@@ -57,8 +57,9 @@ def run_ours(inp: Path, engine: str, epochs: int, batch: int, threads: int, out:
     """Our engine in this interpreter (called in a child process by ``main``)."""
     import torch
 
-    from workers.data import Geometry, ReconState
+    from workers.data import Geometry
     from workers.engines.registry import make_engine
+    from workers.state import ReconState
 
     torch.set_num_threads(threads)
     z = np.load(inp)

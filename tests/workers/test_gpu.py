@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from workers.data import ReconState, ScanData
+from workers.data import ScanData
 from workers.engines.registry import make_engine
 from workers.probe_start import initial_probe
+from workers.state import ReconState
 
 pytestmark = pytest.mark.gpu
 

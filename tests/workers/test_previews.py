@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.workers.test_images import SIZE, state
 from workers import images
-from workers.data import ReconState
 from workers.previews import Preview, PreviewPublisher, _scanned
+from workers.state import ReconState
 
 
 def recon_state() -> ReconState:

@@ -8,11 +8,12 @@ import threading
 import numpy as np
 import torch
 
-from workers.data import ReconState, ScanData
+from workers.data import ScanData
 from workers.engines.registry import make_engine
 from workers.metrics import model_intensities
 from workers.runtime import Stage, run_schedule, run_stream
 from workers.schedule import parse_schedule
+from workers.state import ReconState
 from workers.stream.detector import replay
 from workers.stream.receiver import Receiver
 from workers.transforms import recentre_probe

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from workers import layout, physics
-from workers.data import Geometry, ReconState
+from workers.data import Geometry
 from workers.engines.options import EngineName, EngineOptions
 from workers.errors import DataError
+from workers.state import ReconState
 
 SUBPIXEL_PAD = 2
 
@@ -46,7 +47,7 @@ class Engine(ABC):
         self.options = options
         self.device = state.device
         self.size = int(state.probe.shape[-1])
-        self.propagator = geometry.propagator(self.size, self.device)
+        self.propagator = physics.propagator(geometry, self.size, self.device)
         shifted = None if mask is None else layout.to_model(np.asarray(mask, dtype=np.float32), geometry.kind)
         self.mask = None if shifted is None else torch.as_tensor(shifted, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)

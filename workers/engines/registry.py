@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from workers.data import Geometry, ReconState
+from workers.data import Geometry
 from workers.engines.adam import Adam
 from workers.engines.base import Engine
 from workers.engines.bh import BHCG, BHGD, BHQN
 from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.engines.pie import EPIE, RPIE
+from workers.state import ReconState
 
 ENGINES: dict[EngineName, type[Engine]] = {
     EngineName.EPIE: EPIE,

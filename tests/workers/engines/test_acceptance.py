@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from workers.data import ReconState
 from workers.engines.registry import make_engine
 from workers.metrics import truth_metrics
 from workers.probe_start import initial_probe
 from workers.simulate import simulate
+from workers.state import ReconState
 
 
 def test_epie_with_probe_refinement_reaches_crms_below_0_1_within_100_epochs() -> None:

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from workers import physics
-from workers.data import Geometry, ReconState, ScanData
+from workers.data import Geometry, ScanData
 from workers.engines.base import Engine
 from workers.engines.bh_objective import Joint, Objective
 from workers.engines.options import BHCGOptions, EngineName
 from workers.engines.registry import make_engine
 from workers.probe_start import initial_probe
 from workers.simulate import simulate
+from workers.state import ReconState
 
 GEOMETRIES = {"far": Geometry("far"), "near": Geometry("near", 1e-10, 0.05, 5e-7)}
 
@@ -43,7 +44,7 @@ def _problem(kind: str, objective: str, modes: int = 2, mask: bool = True) -> tu
     probe = _crandn(gen, modes, m, m)
     pos = 6 + 8 * torch.rand((n, 2), generator=gen, dtype=torch.float64)
     pos = torch.where((pos - pos.round()).abs() > 0.4, pos + 0.2, pos)  # keep fractions away from +-0.5
-    prop = GEOMETRIES[kind].propagator(m, "cpu")
+    prop = physics.propagator(GEOMETRIES[kind], m, "cpu")
     x_true = Joint(obj + 0.05 * _crandn(gen, 32, 32), probe, pos + 0.1)
     corner, _ = physics.split_positions(x_true.pos)
     far = prop.forward(physics.exit_waves(probe, physics.patches(x_true.obj, corner, x_true.pos - corner, m, 2)))

@@ -7,12 +7,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from workers.data import ReconState, ScanData
+from workers.data import ScanData
 from workers.engines.base import Engine
 from workers.engines.options import OPTIONS, EngineName
 from workers.engines.registry import ENGINES, make_engine
 from workers.metrics import truth_metrics
 from workers.probe_start import initial_probe
+from workers.state import ReconState
 
 FIRST_ORDER = ["epie", "rpie", "adam"]
 
