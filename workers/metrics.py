@@ -22,8 +22,6 @@ import torch
 from workers import layout, physics
 from workers.data import ScanData
 
-SUBPIXEL_PAD = 2
-
 
 def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, batch: int = 64):
     """Yield (model intensities, measured intensities) per batch, both in model layout (``workers.layout``)."""
@@ -33,7 +31,7 @@ def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positi
     for start in range(0, data.n_frames, batch):
         pos = torch.from_numpy(np.asarray(positions[start : start + batch], dtype=np.float64))
         corner, frac = physics.split_positions(pos)
-        patches = physics.patches(o, corner, frac, data.frame_size, SUBPIXEL_PAD)
+        patches = physics.patches(o, corner, frac, data.frame_size, physics.SUBPIXEL_PAD)
         model = physics.intensity(prop.forward(physics.exit_waves(p, patches))).numpy()
         measured = layout.to_model(data.intensities[start : start + batch], data.geometry.kind)
         yield model, measured

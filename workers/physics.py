@@ -32,6 +32,8 @@ from workers.data import Geometry
 
 Tensor = torch.Tensor
 
+SUBPIXEL_PAD = 2  # pixels per border of the window a sub-pixel shift works on (see the module docstring)
+
 
 def split_positions(positions: Tensor) -> tuple[Tensor, Tensor]:
     """Split positions (BATCH, 2) into integer corners (long) and fractions in [-0.5, 0.5)."""

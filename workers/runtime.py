@@ -133,7 +133,8 @@ def run(
     def engine_for(k: int, live: bool = False) -> Engine:
         stage = schedule[k]
         assert stage.engine is not None and stage.options is not None
-        options = stage.options.model_copy(update={"order": "newest-first"}) if live else stage.options
+        live_order = live and "order" in type(stage.options).model_fields
+        options = stage.options.model_copy(update={"order": "newest-first"}) if live_order else stage.options
         return make_engine(stage.engine, state, geometry, options, mask=mask, seed=seed + k)
 
     engine = engine_for(engine_stages[0], live=source.live)

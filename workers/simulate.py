@@ -157,7 +157,7 @@ def simulate(
 
     prop = physics.propagator(geometry, m, "cpu")
     corner, frac = physics.split_positions(torch.from_numpy(corners))
-    patches = physics.patches(torch.from_numpy(obj), corner, frac, m, pad=2)
+    patches = physics.patches(torch.from_numpy(obj), corner, frac, m, physics.SUBPIXEL_PAD)
     far = prop.forward(physics.exit_waves(torch.from_numpy(probe)[None], patches))
     clean = layout.to_detector(physics.intensity(far).numpy().astype(np.float64), geometry.kind)
     frames = rng.poisson(clean).astype(np.float32) if math.isfinite(photons) else clean.astype(np.float32)

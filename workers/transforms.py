@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from workers.engines.base import SUBPIXEL_PAD, Engine
+from workers import physics
+from workers.engines.base import Engine
 from workers.schedule import TransformName
 from workers.state import ReconState
 
@@ -36,7 +37,7 @@ def recentre_probe(state: ReconState, engine: Engine) -> None:
     centroid = torch.stack([(power.sum(1) * axis).sum(), (power.sum(0) * axis).sum()]) / total
     wanted = torch.round(centroid - (m - 1) / 2).to(torch.float64)
     pos = state.positions
-    pad = SUBPIXEL_PAD + 1
+    pad = physics.SUBPIXEL_PAD + 1
     low = torch.ceil(pad - pos.min(0).values)
     high = torch.floor(
         torch.tensor(state.object.shape, dtype=torch.float64, device=pos.device) - m - pad - pos.max(0).values

@@ -19,7 +19,7 @@ def test_parse_round_trips_and_applies_options_where_known() -> None:
         (EngineName.BH_CG, 100, 1e-4),
     ]
     assert stages[0].options == {"batch_size": 4}
-    assert stages[1].options == {"batch_size": 4, "refine_positions": True}
+    assert stages[1].options == {"refine_positions": True}  # BH uses every frame: no batch size
     assert schedule_text(stages) == "rpie:5,bh-cg:100:0.0001"
     assert parse_schedule(schedule_text(DEFAULT_SCHEDULE)) == list(DEFAULT_SCHEDULE)
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from workers import physics
-from workers.engines.base import SUBPIXEL_PAD, Engine, orthogonalize_modes
+from workers.engines.base import Engine, orthogonalize_modes
 from workers.engines.options import AdamOptions, EngineName
 
 
@@ -24,7 +24,6 @@ class Adam(Engine):
     """
 
     name = EngineName.ADAM
-    options_model = AdamOptions
     options: AdamOptions
     _opt: torch.optim.Adam | None = None
     _opt_origin: np.ndarray
@@ -68,7 +67,7 @@ class Adam(Engine):
         try:
             for index in self.batches():
                 corner, frac = self.split(index)
-                obj_patches = physics.patches(state.object, corner, frac, self.size, SUBPIXEL_PAD)
+                obj_patches = physics.patches(state.object, corner, frac, self.size, physics.SUBPIXEL_PAD)
                 far = self.propagator.forward(physics.exit_waves(state.probe, obj_patches))
                 loss = physics.amplitude_residual(physics.model_amplitude(far), self.amplitudes[index], self.mask)
                 opt.zero_grad(set_to_none=True)

@@ -11,11 +11,9 @@ import torch
 
 from workers import layout, physics
 from workers.data import Geometry
-from workers.engines.options import EngineName, EngineOptions
+from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.errors import DataError
 from workers.state import ReconState
-
-SUBPIXEL_PAD = 2
 
 
 class Engine(ABC):
@@ -29,7 +27,12 @@ class Engine(ABC):
     """
 
     name: ClassVar[EngineName]
-    options_model: ClassVar[type[EngineOptions]]
+    options_model: ClassVar[type[EngineOptions]]  # OPTIONS[name], set for every class that declares a name
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            cls.options_model = OPTIONS[cls.name]
 
     def __init__(
         self,

@@ -43,9 +43,9 @@ from __future__ import annotations
 import torch
 
 from workers import physics
-from workers.engines.base import SUBPIXEL_PAD, Engine
+from workers.engines.base import Engine
 from workers.engines.bh_objective import Joint, Linearization, Model, Objective, Tangent
-from workers.engines.options import BHCGOptions, BHGDOptions, BHOptions, BHQNOptions, EngineName
+from workers.engines.options import BHOptions, BHQNOptions, EngineName
 
 Scale = torch.Tensor | float
 Direction = tuple[Joint, Tangent, float]
@@ -76,7 +76,7 @@ class BH(Engine):
         if not self._unchanged(update_probe, refine):
             self._previous, self._model, self._last = None, None, None
         objective = Objective(
-            self.propagator, self.amplitudes[: self.n_frames], self.mask, opts.objective, SUBPIXEL_PAD
+            self.propagator, self.amplitudes[: self.n_frames], self.mask, opts.objective, physics.SUBPIXEL_PAD
         )
         lin = self._linearize(objective, refine)
         scales = self.scales(lin, update_probe, refine)
@@ -152,9 +152,14 @@ class BH(Engine):
         if bool((norm > limit).any()):
             step = step * (limit / norm.clamp(min=limit))
             self._previous = None
-        hi = torch.tensor(state.object.shape, dtype=step.dtype, device=step.device) - self.size - SUBPIXEL_PAD - 1
+        hi = (
+            torch.tensor(state.object.shape, dtype=step.dtype, device=step.device)
+            - self.size
+            - physics.SUBPIXEL_PAD
+            - 1
+        )
         before = state.positions
-        state.positions = torch.minimum(torch.clamp(before + step, min=SUBPIXEL_PAD + 1), hi)
+        state.positions = torch.minimum(torch.clamp(before + step, min=physics.SUBPIXEL_PAD + 1), hi)
         Engine.positions_changed(self)
         return state.positions - before
 
@@ -205,14 +210,12 @@ class BHGD(BH):
     """BH-GD: preconditioned gradient steps with the Newton step length (seed 002, Sec. 3)."""
 
     name = EngineName.BH_GD
-    options_model = BHGDOptions
 
 
 class BHCG(BH):
     """BH-CG: nonlinear CG with Daniel's beta and Newton step lengths (seed 002, Sec. 3)."""
 
     name = EngineName.BH_CG
-    options_model = BHCGOptions
 
     def direction(
         self, objective: Objective, lin: Linearization, g: Joint, scales: tuple[Scale, Scale, Scale]
@@ -224,7 +227,6 @@ class BHQN(BH):
     """BH-QN: approximate Newton directions H s = -g by inner preconditioned CG (seed 002, App. II)."""
 
     name = EngineName.BH_QN
-    options_model = BHQNOptions
     options: BHQNOptions
     _qn_start: int = 0
 

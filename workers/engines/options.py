@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EngineName(StrEnum):
-    """Every reconstruction engine; ``workers.engines.registry`` maps each to its class."""
+    """Every reconstruction engine. ``OPTIONS`` gives its options (torch-free, for the service); each
+    engine class declares its name, and ``workers.engines.registry`` is derived from the classes."""
 
     EPIE = "epie"
     RPIE = "rpie"
@@ -24,15 +25,20 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    batch_size: int = Field(1, ge=1, description="Frames per update; 1 is the serial form of the papers.")
     update_probe: bool = Field(True, description="Refine the probe as well as the object.")
     probe_update_start: int = Field(0, ge=0, description="First epoch (0-based) in which the probe is refined.")
+
+
+class BatchedOptions(EngineOptions):
+    """Engines that visit the frames in mini-batches, in an order, within an epoch (PIE, Adam)."""
+
+    batch_size: int = Field(1, ge=1, description="Frames per update; 1 is the serial form of the papers.")
     order: Literal["random", "newest-first"] = Field(
         "random", description="Visiting order per epoch: a fresh permutation, or newest frames first (streaming)."
     )
 
 
-class PIEOptions(EngineOptions):
+class PIEOptions(BatchedOptions):
     """The PIE family: O += a conj(P) dpsi / ((1 - g)|P|^2 + g max|P|^2), likewise for P."""
 
     alpha: float = Field(1.0, gt=0, le=2, description="Object step (ePIE) or object regularisation (rPIE).")
@@ -50,7 +56,7 @@ class RPIEOptions(PIEOptions):
     beta: float = Field(1.0, gt=0, le=1, description="Probe weight: 1 gives ePIE's probe update.")
 
 
-class AdamOptions(EngineOptions):
+class AdamOptions(BatchedOptions):
     """Autodiff baseline: the amplitude objective minimised with torch.optim.Adam."""
 
     batch_size: int = Field(32, ge=1, description="Frames per Adam step.")
@@ -58,11 +64,9 @@ class AdamOptions(EngineOptions):
 
 
 class BHOptions(EngineOptions):
-    """Bilinear-Hessian engines (seed 002): Newton step lengths on the full batch, no tuning needed."""
+    """Bilinear-Hessian engines (seed 002): Newton step lengths on every frame received at once (one
+    iteration is one epoch), no tuning needed."""
 
-    batch_size: int = Field(
-        1, ge=1, description="Ignored: a BH iteration (one epoch) always uses every frame received so far."
-    )
     objective: Literal["gaussian", "poisson"] = Field(
         "gaussian", description="Gaussian amplitude objective, or the Poisson likelihood (low-count data)."
     )

@@ -39,8 +39,8 @@ from abc import abstractmethod
 import torch
 
 from workers import physics
-from workers.engines.base import SUBPIXEL_PAD, Engine, orthogonalize_modes
-from workers.engines.options import EngineName, EPIEOptions, PIEOptions, RPIEOptions
+from workers.engines.base import Engine, orthogonalize_modes
+from workers.engines.options import EngineName, PIEOptions
 
 TINY = torch.finfo(torch.float32).tiny  # denominator floor: a zero probe or object patch gives a zero step, not 0 / 0
 
@@ -64,7 +64,7 @@ class PIE(Engine):
 
     def batch_step(self, index: torch.Tensor, update_probe: bool) -> torch.Tensor:
         """Update object (and probe) from the frames ``index``; returns their squared residual."""
-        state, pad = self.state, SUBPIXEL_PAD
+        state, pad = self.state, physics.SUBPIXEL_PAD
         a_o, g_o, a_p, g_p = self.weights()
         corner, frac = self.split(index)
         obj_patches = physics.patches(state.object, corner, frac, self.size, pad)
@@ -97,7 +97,6 @@ class EPIE(PIE):
     """ePIE, Maiden & Rodenburg, Ultramicroscopy 109 (2009) 1256, eqs. (6)-(7)."""
 
     name = EngineName.EPIE
-    options_model = EPIEOptions
 
     def weights(self) -> tuple[float, float, float, float]:
         return self.options.alpha, 1.0, self.options.beta, 1.0
@@ -107,7 +106,6 @@ class RPIE(PIE):
     """rPIE, Maiden, Johnson & Li, Optica 4 (2017) 736, eq. (22)."""
 
     name = EngineName.RPIE
-    options_model = RPIEOptions
 
     def weights(self) -> tuple[float, float, float, float]:
         return 1.0, self.options.alpha, 1.0, self.options.beta

@@ -15,14 +15,9 @@ from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.engines.pie import EPIE, RPIE
 from workers.state import ReconState
 
-ENGINES: dict[EngineName, type[Engine]] = {
-    EngineName.EPIE: EPIE,
-    EngineName.RPIE: RPIE,
-    EngineName.ADAM: Adam,
-    EngineName.BH_GD: BHGD,
-    EngineName.BH_CG: BHCG,
-    EngineName.BH_QN: BHQN,
-}
+ENGINES: dict[EngineName, type[Engine]] = {cls.name: cls for cls in (EPIE, RPIE, Adam, BHGD, BHCG, BHQN)}
+if set(ENGINES) != set(EngineName):
+    raise ImportError(f"engines without a class: {sorted(set(EngineName) - set(ENGINES))}")
 
 
 def make_engine(
