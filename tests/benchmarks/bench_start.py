@@ -9,8 +9,8 @@ and an object cRMS <= 0.15 after registration (shift, phase ramp, global scale, 
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/benchmarks/bench_start.py [--only NAME ...]
 
-Prints a table, writes it with the command to tests/benchmarks/RESULTS-start.md (a full run only)
-and renders each reconstruction next to the truth in out/start-NAME.png. One torch thread.
+Prints a table (a full run also prints it with its heading and command, for
+tests/benchmarks/RESULTS.md) and renders each reconstruction next to the truth in out/start-NAME.png. One torch thread.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def main() -> None:
     if not args.only:
         command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/benchmarks/bench_start.py"
         text = RESULTS_HEAD.format(command=command) + "\n".join(lines) + "\n"
-        (ROOT / "tests" / "benchmarks" / "RESULTS-start.md").write_text(text)
+        print("\n" + text)
 
 
 RESULTS_HEAD = """# Probe start without a guess (issue 11c)
