@@ -144,31 +144,11 @@ def colourise(values: np.ndarray, lo: float, hi: float, cyclic: bool, region: np
     return np.round(rgb).astype(np.uint8)
 
 
-def views(obj: np.ndarray, probe: np.ndarray) -> dict[str, np.ndarray]:
-    """The images shown of a state: object amplitude and phase (H, W), the first probe mode's amplitude (M, M)."""
-    return {"amplitude": np.abs(obj), "phase": np.angle(obj), "probe": np.abs(probe.reshape(-1, *probe.shape[-2:])[0])}
-
-
-def render(
-    kind: str,
-    values: np.ndarray,
-    region: np.ndarray | None = None,
-    *,
-    pixel_size: float = 0.0,
-    annotate: bool = True,
-) -> Image.Image:
-    """The image of ``values`` (a view of ``kind``) windowed over ``region`` (None: all pixels are scanned).
-
-    ``annotate``: enlarge small images, add a title, a colour bar with ticks and, where
-    ``pixel_size`` (metres) > 0, a scale bar; otherwise the bare image, one pixel per value.
-    """
-    if kind == "phase":
-        values = relative_phase(values, region)
-    lo, hi, cyclic = window(kind, values, region)
-    image = Image.fromarray(colourise(values, lo, hi, cyclic, region))
-    if not annotate:
-        return image
-    return _annotate(image, kind, lo, hi, cyclic, pixel_size, region is not None and not region.all())
+def view(kind: str, obj: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """The image shown of a state: object ``amplitude`` or ``phase`` (H, W), or the first probe mode's amplitude."""
+    if kind == "probe":
+        return np.abs(probe.reshape(-1, *probe.shape[-2:])[0])
+    return np.abs(obj) if kind == "amplitude" else np.angle(obj)
 
 
 def png(
@@ -179,9 +159,19 @@ def png(
     pixel_size: float = 0.0,
     annotate: bool = True,
 ) -> bytes:
-    """PNG bytes of ``render(...)``."""
+    """PNG of ``values`` (a view of ``kind``) windowed over ``region`` (None: all pixels are scanned).
+
+    ``annotate``: enlarge small images, add a title, a colour bar with ticks and, where
+    ``pixel_size`` (metres) > 0, a scale bar; otherwise the bare image, one pixel per value.
+    """
+    if kind == "phase":
+        values = relative_phase(values, region)
+    lo, hi, cyclic = window(kind, values, region)
+    image = Image.fromarray(colourise(values, lo, hi, cyclic, region))
+    if annotate:
+        image = _annotate(image, kind, lo, hi, cyclic, pixel_size, region is not None and not region.all())
     out = io.BytesIO()
-    render(kind, values, region, pixel_size=pixel_size, annotate=annotate).save(out, format="PNG")
+    image.save(out, format="PNG")
     return out.getvalue()
 
 
@@ -194,7 +184,7 @@ def render_result(result: Mapping[str, Any], kind: str) -> bytes:
     obj, probe = np.asarray(result["object"]), np.asarray(result["probe"])
     region = None if kind == "probe" else illuminated_region(probe, np.asarray(result["positions"]), obj.shape)
     pixel_size = float(result.get("attrs", {}).get("pixel_size", 0.0) or 0.0)
-    return png(kind, views(obj, probe)[kind], region, pixel_size=pixel_size)
+    return png(kind, view(kind, obj, probe), region, pixel_size=pixel_size)
 
 
 def ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:

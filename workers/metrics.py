@@ -21,6 +21,7 @@ import torch
 
 from workers import layout, physics
 from workers.data import ScanData
+from workers.images import illuminated_region
 
 
 def model_intensities(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, batch: int = 64):
@@ -51,14 +52,6 @@ def data_metrics(data: ScanData, obj: np.ndarray, probe: np.ndarray, positions: 
         total += float(i.sum())
         count += i.size
     return {"amplitude_residual": sq / total, "gaussian_nll": sq / count, "poisson_nll": pois / count}
-
-
-def illuminated_region(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int], level: float = 0.1):
-    """Boolean (H, W): where the summed probe intensity exceeds ``level`` x its maximum."""
-    power = torch.from_numpy((np.abs(probe) ** 2).reshape(-1, *probe.shape[-2:]).sum(0).astype(np.float32))
-    corner = torch.from_numpy(np.round(positions).astype(np.int64))
-    illum = physics.extract_adjoint(power.expand(len(positions), -1, -1), corner, shape).numpy()
-    return illum > level * illum.max()
 
 
 def _upsampled_dft(data: np.ndarray, size: int, factor: int, offset: tuple[float, float]) -> np.ndarray:

@@ -82,7 +82,7 @@ class PreviewPublisher:
 
     def offer(self, state: ReconState, iteration: int, frames_used: int, loss: float, *, force: bool = False) -> bool:
         now = time.perf_counter()
-        if not force and now - self._last < self.interval_s:
+        if not force and (now - self._last < self.interval_s or self._queue.full()):
             return False
         self._last = now
         obj = _small(state.object, self.size)

@@ -76,7 +76,7 @@ def initial_probe(
         probe, record = data.probe.astype(np.complex64), "guess in file"
     else:
         probe, record = _search(data, torch.device(device), seed)
-    return _with_modes(_scaled(probe, data), n_modes), record
+    return _scaled(_with_modes(probe, n_modes), data), record
 
 
 def read_probe_file(path: str | Path, size: int) -> np.ndarray:
@@ -154,7 +154,7 @@ def _disc(m: int, diameter: float) -> np.ndarray:
     return 1 / (1 + np.exp(_centred_radius(m) - diameter / 2))
 
 
-def _defocused(pupil: np.ndarray, cy: float, cx: float) -> np.ndarray:
+def defocused(pupil: np.ndarray, cy: float, cx: float) -> np.ndarray:
     """Real-space probe (centred) of the far-field ``pupil`` (DC at [0, 0]) times exp(i pi (cy fy^2 + cx fx^2))."""
     f = np.fft.fftfreq(pupil.shape[-1])
     phase = np.pi * (cy * f[:, None] ** 2 + cx * f[None, :] ** 2)
@@ -179,9 +179,9 @@ def _far_field_candidates(mean: np.ndarray) -> list[tuple[str, np.ndarray, tuple
     pupils, radius = _pupils(mean)
     out: list[tuple[str, np.ndarray, tuple[str, float, float] | None]] = []
     for name, pupil in pupils.items():
-        out.append((f"{name} pupil in focus", _defocused(pupil, 0, 0), (name, 0.0, 0.0)))
+        out.append((f"{name} pupil in focus", defocused(pupil, 0, 0), (name, 0.0, 0.0)))
         for c in (sign * frac * m / (2 * radius) for frac in BEAM_FRACTIONS for sign in (1, -1)):
-            out.append((f"{name} pupil, defocus {c:+.0f} px2", _defocused(pupil, c, c), (name, c, c)))
+            out.append((f"{name} pupil, defocus {c:+.0f} px2", defocused(pupil, c, c), (name, c, c)))
     for frac in DISC_FRACTIONS:
         out.append((f"disc {frac:.2f} M", _disc(m, frac * m).astype(complex), None))
     return out
@@ -237,7 +237,7 @@ def _search(data: ScanData, device: torch.device, seed: int) -> tuple[np.ndarray
             for axis in (0, 1):
                 for factor in factors:
                     ry, rx = (cy * factor, cx) if axis == 0 else (cy, cx * factor)
-                    probe = _defocused(pupil, ry, rx)
+                    probe = defocused(pupil, ry, rx)
                     label = f"{name} pupil, defocus {ry:+.0f}/{rx:+.0f} px2 (row/col)"
                     scored.append((_score(subset, probe, device, seed), label, probe, (name, ry, rx)))
                 best = min(scored, key=lambda s: s[0])
@@ -261,7 +261,7 @@ def _optics_probe(data: ScanData, diameter: float | None, defocus: float | None)
         if g.kind != "far":
             raise DataError(f"{data.source}: probe: a near-field probe start needs a diameter")
         c = -(defocus or 0.0) * g.wavelength / g.pixel_size**2
-        return _defocused(np.sqrt(mean), c, c)[None].astype(np.complex64)
+        return defocused(np.sqrt(mean), c, c)[None].astype(np.complex64)
     probe = _disc(m, diameter).astype(complex)
     if defocus:
         r = _centred_radius(m) * g.pixel_size

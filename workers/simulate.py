@@ -15,7 +15,7 @@ import torch
 
 from workers import layout, physics
 from workers.data import Geometry, ScanData
-from workers.probe_start import beam_diameter
+from workers.probe_start import beam_diameter, defocused
 
 WAVELENGTH = 1e-10
 FAR_DISTANCE, DETECTOR_PIXEL = 2.0, 75e-6
@@ -77,13 +77,13 @@ def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: G
         outer = 0.45
         pupil = ((r2 < outer**2) & (r2 > (0.5 * outer) ** 2)).astype(float)
         c = ZONE_PLATE[kind] * size / (2 * outer)
-        probe = _from_pupil(pupil, 1.05 * c, 0.95 * c)
+        probe = defocused(pupil, 1.05 * c, 0.95 * c)
     elif kind == "kb":
         ay, ax = 0.4, 0.35
         pupil = ((abs(fy) < ay) & (abs(fx) < ax)).astype(float)
-        probe = _from_pupil(pupil, 0.3 * size / (2 * ay), 0.45 * size / (2 * ax))
+        probe = defocused(pupil, 0.3 * size / (2 * ay), 0.45 * size / (2 * ax))
     elif kind == "airy":
-        probe = _from_pupil((r2 < 0.25**2).astype(float), 0.0, 0.0)
+        probe = defocused((r2 < 0.25**2).astype(float), 0.0, 0.0)
     elif kind == "near":
         envelope = np.exp(-(((yy**2 + xx**2) / (2 * 0.22**2)) ** 2))
         probe = envelope * np.exp(1j * 4 * math.pi * _smooth(rng, (size, size), size / 16))
@@ -91,16 +91,9 @@ def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: G
         envelope = 1 / (1 + np.exp((np.sqrt(yy**2 + xx**2) - 0.17) * size))
         probe = envelope * np.exp(2j * math.pi * _smooth(rng, (size, size), 1.5))
     else:
-        probe = _from_pupil((r2 < 0.12**2).astype(float), 1.2 * size, 1.2 * size)
+        probe = defocused((r2 < 0.12**2).astype(float), 1.2 * size, 1.2 * size)
     probe /= np.sqrt((np.abs(probe) ** 2).sum())
     return probe.astype(np.complex64)
-
-
-def _from_pupil(pupil: np.ndarray, cy: float, cx: float) -> np.ndarray:
-    """The centred real-space probe of a far-field ``pupil`` (DC at [0, 0]) defocused by (``cy``, ``cx``) px^2."""
-    f = np.fft.fftfreq(pupil.shape[-1])
-    phase = np.pi * (cy * f[:, None] ** 2 + cx * f[None, :] ** 2)
-    return np.fft.fftshift(np.fft.ifft2(pupil * np.exp(1j * phase)))
 
 
 def make_scan(n: int, step: float, kind: ScanKind, rng: np.random.Generator) -> np.ndarray:

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from workers import physics
-from workers.engines.base import Engine, orthogonalize_modes
+from workers.engines.base import BatchedEngine, orthogonalize_modes
 from workers.engines.options import AdamOptions, EngineName
 
 
-class Adam(Engine):
+class Adam(BatchedEngine):
     """Minimise sum_r || |D(P S_r O)| - sqrt(I_r) ||^2 over O and P with torch.optim.Adam.
 
     One Adam step per mini-batch; gradients come from autograd through ``workers.physics``

@@ -11,7 +11,7 @@ import torch
 
 from workers import layout, physics
 from workers.data import Geometry
-from workers.engines.options import OPTIONS, EngineName, EngineOptions
+from workers.engines.options import OPTIONS, BatchedOptions, EngineName, EngineOptions
 from workers.errors import DataError
 from workers.state import ReconState
 
@@ -114,18 +114,6 @@ class Engine(ABC):
         corner, frac = physics.split_positions(self.state.positions[index])
         return corner, frac if self.subpixel else None
 
-    def order(self) -> torch.Tensor:
-        """Frame indices in this epoch's visiting order (on the engine's device)."""
-        if self.options.order == "newest-first":
-            idx = torch.arange(self.n_frames - 1, -1, -1)
-        else:
-            idx = torch.randperm(self.n_frames, generator=self.generator)
-        return idx.to(self.device)
-
-    def batches(self) -> list[torch.Tensor]:
-        """This epoch's mini-batches of frame indices."""
-        return list(torch.split(self.order(), self.options.batch_size))
-
     def iterate(self, n: int = 1) -> list[float]:
         """Run ``n`` epochs over all frames received; returns their losses."""
         if self.n_frames == 0:
@@ -153,6 +141,24 @@ class Engine(ABC):
         out["loss"] = np.asarray(self.loss_history)
         out["time_s"] = np.asarray(self.time_history)
         return out
+
+
+class BatchedEngine(Engine):
+    """An engine that visits the frames in mini-batches, in an order, within each epoch (PIE, Adam)."""
+
+    options: BatchedOptions
+
+    def order(self) -> torch.Tensor:
+        """Frame indices in this epoch's visiting order (on the engine's device)."""
+        if self.options.order == "newest-first":
+            idx = torch.arange(self.n_frames - 1, -1, -1)
+        else:
+            idx = torch.randperm(self.n_frames, generator=self.generator)
+        return idx.to(self.device)
+
+    def batches(self) -> list[torch.Tensor]:
+        """This epoch's mini-batches of frame indices."""
+        return list(torch.split(self.order(), self.options.batch_size))
 
 
 def _power(probe: torch.Tensor) -> torch.Tensor:

@@ -39,13 +39,13 @@ from abc import abstractmethod
 import torch
 
 from workers import physics
-from workers.engines.base import Engine, orthogonalize_modes
+from workers.engines.base import BatchedEngine, orthogonalize_modes
 from workers.engines.options import EngineName, PIEOptions
 
 TINY = torch.finfo(torch.float32).tiny  # denominator floor: a zero probe or object patch gives a zero step, not 0 / 0
 
 
-class PIE(Engine):
+class PIE(BatchedEngine):
     """Shared PIE update; subclasses choose the step weights (a_O, g_O, a_P, g_P)."""
 
     options: PIEOptions
