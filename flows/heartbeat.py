@@ -7,11 +7,14 @@ the flow run in that thread find it), or a Prefect deployment run for itself (``
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 from service.flow_api import JobStore, Settings, TransitionError
+
+log = logging.getLogger(__name__)
 
 _BEATING: ContextVar[Heartbeat | None] = ContextVar("ptychostream_heartbeat", default=None)
 
@@ -53,12 +56,18 @@ class Heartbeat:
         self.store.release(self.job_id)
 
     def _run(self) -> None:
+        """Beat until the job ends; a failed beat (a Redis blip, a listener's error) is logged and the next one
+        tried, so that one error never leaves the lease to expire under a running job."""
         while not self._done.wait(self.settings.heartbeat_s):
-            self._renew()
-            if self.store.cancel_requested(self.job_id):
-                self.cancel.set()
-            for beat in tuple(self._listeners):
-                beat()
+            for step in (self._renew, self._check_cancel, *self._listeners):
+                try:
+                    step()
+                except Exception:
+                    log.exception("heartbeat of job %s: a beat failed; trying again at the next", self.job_id)
+
+    def _check_cancel(self) -> None:
+        if self.store.cancel_requested(self.job_id):
+            self.cancel.set()
 
     def _renew(self) -> None:
         lease_s = self.settings.lease_s

@@ -20,6 +20,8 @@ from workers.data import Geometry, ScanData
 from workers.errors import DataError
 from workers.io import write_result
 
+CHECKPOINT_ONLY = ("counters", "stage_epochs")  # attributes a resume needs that a result file does not show
+
 
 @dataclass
 class Checkpoint:
@@ -109,9 +111,7 @@ class Autosave:
         if self.checkpoint is not None:
             saved.save(self.checkpoint)
         if self.result is not None:
-            attrs = {k: v for k, v in saved.attrs.items() if k not in ("counters", "stage_epochs")} | {
-                "complete": False
-            }
+            attrs = {k: v for k, v in saved.attrs.items() if k not in CHECKPOINT_ONLY} | {"complete": False}
             state = result_state(saved.state, saved.frame_index)
             write_result(self.result, state, loss=saved.loss, time_s=saved.time_s, attrs=attrs)
         self._last = time.monotonic()

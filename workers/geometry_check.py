@@ -16,18 +16,19 @@ import numpy as np
 from workers.data import ScanData
 
 
-def median_step(positions: np.ndarray) -> float:
-    """Median distance (pixels) from each position (N, 2) to its nearest neighbour; 0 for one position."""
+def median_step(positions: np.ndarray, samples: int = 512) -> float:
+    """Median distance (pixels) from a position (N, 2) to its nearest neighbour; 0 for one position.
+
+    Taken over at most ``samples`` evenly strided positions (each against all N), so the cost is
+    O(N) however long the scan.
+    """
     n = len(positions)
     if n < 2:
         return 0.0
-    nearest = np.empty(n)
-    for start in range(0, n, 512):
-        block = positions[start : start + 512, None, :] - positions[None, :, :]
-        dist = np.sqrt((block**2).sum(-1))
-        dist[np.arange(len(dist)), np.arange(start, start + len(dist))] = np.inf
-        nearest[start : start + len(dist)] = dist.min(1)
-    return float(np.median(nearest))
+    picked = np.arange(0, n, max(1, n // samples))
+    dist = np.sqrt(((positions[picked, None, :] - positions[None, :, :]) ** 2).sum(-1))
+    dist[np.arange(len(picked)), picked] = np.inf
+    return float(np.median(dist.min(1)))
 
 
 def far_field_warning(data: ScanData) -> str | None:

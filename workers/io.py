@@ -26,6 +26,7 @@ from workers.errors import DataError
 from workers.units import (
     DEFAULT_BASIS,
     corners_from_translations,
+    detector_distance,
     detector_pixel,
     effective_distance,
     energy_j_from_wavelength,
@@ -197,7 +198,7 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
     if g.kind == "near" and focus:  # the file holds the real detector distance z: z_eff = z f / (f + z)
         if g.distance >= focus:
             raise DataError(f"{path}: geometry: effective distance {g.distance} m must be below the focus distance")
-        distance = g.distance * focus / (focus - g.distance)
+        distance = detector_distance(g.distance, focus)
     pixel = detector_pixel(g.kind, g.pixel_size, g.wavelength, distance, m, focus)
     translation = translations_from_corners(data.positions, g.pixel_size, m)
     with h5py.File(path, "w") as f:

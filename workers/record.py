@@ -89,6 +89,7 @@ class RunRecord:
         self.attrs: dict[str, Any] = {}
         self._engine: Engine | None = None
         self._offset = 0.0
+        self._previewed = -1
 
     def stop_requested(self) -> bool:
         self.stopped = self.stopped or bool(self.hooks.should_stop and self.hooks.should_stop())
@@ -112,15 +113,21 @@ class RunRecord:
         if hooks.on_progress is not None:
             p = Progress(k, engine.name.value, self.done, total, loss, self.times[-1], engine.n_frames, not scheduled)
             hooks.on_progress(p)
-        if hooks.previews is not None:
-            hooks.previews.offer(self.state, self.done, engine.n_frames, loss, force=force)
+        previews = hooks.previews
+        if previews is not None and previews.offer(self.state, self.done, engine.n_frames, loss, force=force):
+            self._previewed = self.done
         if hooks.autosave is not None:
             hooks.autosave.maybe(self.checkpoint)
 
+    def stage_losses(self) -> list[float]:
+        """The losses of the current stage (a resumed stage's from before the resume too)."""
+        return self.losses[len(self.losses) - self.stage_epochs[-1] :] if self.stage_epochs else []
+
     def final_preview(self, engine: Engine | None) -> None:
-        """A preview of the final state, never dropped (the last epoch may have been throttled)."""
-        if self.hooks.previews is not None and engine is not None and self.losses:
-            self.hooks.previews.offer(self.state, self.done, engine.n_frames, self.losses[-1], force=True)
+        """A preview of the final state, never dropped, unless the last epoch's was published."""
+        previews = self.hooks.previews
+        if previews is not None and engine is not None and self.losses and self._previewed != self.done:
+            previews.offer(self.state, self.done, engine.n_frames, self.losses[-1], force=True)
 
     def checkpoint(self) -> Checkpoint:
         """What a resume needs now (and the partial result is made of)."""

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.checkpoint import Autosave, Checkpoint
+from workers.checkpoint import CHECKPOINT_ONLY, Autosave, Checkpoint
 from workers.data import Geometry, ScanData
 from workers.devices import resolve_device
 from workers.engines.base import Engine
-from workers.engines.options import OPTIONS, EngineName, EngineOptions
+from workers.engines.options import OPTIONS, BatchedOptions, EngineName, EngineOptions
 from workers.engines.registry import make_engine
 from workers.errors import DataError
 from workers.geometry_check import far_field_warning
@@ -35,7 +35,7 @@ from workers.previews import Preview, PreviewPublisher
 from workers.probe_spec import ProbeStart
 from workers.probe_start import initial_probe
 from workers.record import Hooks, Progress, Result, RunRecord, package_version
-from workers.schedule import StageLike, StageSpec, TransformName, converged, schedule_text
+from workers.schedule import StageSpec, TransformName, converged, schedule_text
 from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting
 from workers.state import ReconState
 from workers.stream.preprocess import build_preprocessor
@@ -84,11 +84,6 @@ class Stage:
         return cls.parse(spec.engine, spec.iterations, spec.options, spec.tolerance)
 
 
-def schedule_name(schedule: Sequence[StageLike]) -> str:
-    """The schedule as ``--schedule`` spells it."""
-    return schedule_text(schedule)
-
-
 def run(
     source: FrameSource,
     schedule: Sequence[Stage],
@@ -122,7 +117,7 @@ def run(
     state = ReconState.initial(probe, device=device)
     run = RunRecord(state, hooks, source.frames)
     run.attrs = {
-        "engines": schedule_name(schedule),
+        "engines": schedule_text(schedule),
         "device": str(device),
         **geometry_attrs(geometry),
         "version": package_version(),
@@ -133,7 +128,7 @@ def run(
     def engine_for(k: int, live: bool = False) -> Engine:
         stage = schedule[k]
         assert stage.engine is not None and stage.options is not None
-        live_order = live and "order" in type(stage.options).model_fields
+        live_order = live and isinstance(stage.options, BatchedOptions)
         options = stage.options.model_copy(update={"order": "newest-first"}) if live_order else stage.options
         return make_engine(stage.engine, state, geometry, options, mask=mask, seed=seed + k)
 
@@ -149,7 +144,7 @@ def run(
                 chunk = source.more()
                 if chunk is not None:
                     engine.add_frames(*chunk)
-                run.epoch(0, engine, run.done + 1 + after_scan, scheduled=False, force=False)
+                run.epoch(engine_stages[0], engine, run.done + 1 + after_scan, scheduled=False, force=False)
             run.attrs.update(source.attrs())
             if hooks.autosave is not None:
                 hooks.autosave.now(run.checkpoint())
@@ -172,7 +167,7 @@ def run(
                 run.stage_epochs.append(0)
             later = sum(s.iterations for s in schedule[k + 1 :])
             for i in range(done_before, stage.iterations):
-                if run.stop_requested() or converged(engine.loss_history, stage.tolerance):
+                if run.stop_requested() or converged(run.stage_losses(), stage.tolerance):
                     break
                 run.epoch(k, engine, run.done + stage.iterations - i + later, scheduled=True, force=force)
                 force = False
@@ -311,7 +306,7 @@ def _resume(saved: Checkpoint, schedule: Sequence[Stage], job: JobSpec, run: dic
     else:
         raise DataError(f"{job.checkpoint}: a stream checkpoint without its frames cannot be resumed")
     result = run_schedule(scan, schedule, resume=saved, **run)
-    dropped = ("iterations", "stopped", "counters", "failed", "stage_epochs")
+    dropped = ("iterations", "stopped", "failed", *CHECKPOINT_ONLY)
     kept = {k: v for k, v in saved.attrs.items() if k not in dropped}
     result.attrs.update(kept, resumed_from=str(job.checkpoint), frame_index=np.sort(saved.frame_index))
     if "counters" in saved.attrs:

@@ -64,10 +64,11 @@ class ReconState:
         self.positions = torch.cat([self.positions, new])
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """Host copies: object (H, W), probe (MODE, M, M), positions (FRAME, 2), origin (2,)."""
+        """Host copies (never views of the state, also on the CPU): object (H, W), probe (MODE, M, M),
+        positions (FRAME, 2), origin (2,)."""
         return {
-            "object": self.object.cpu().numpy(),
-            "probe": self.probe.cpu().numpy(),
-            "positions": self.positions.cpu().numpy(),
+            "object": self.object.detach().to("cpu", copy=True).numpy(),
+            "probe": self.probe.detach().to("cpu", copy=True).numpy(),
+            "positions": self.positions.detach().to("cpu", copy=True).numpy(),
             "origin": self.origin.copy(),
         }

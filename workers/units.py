@@ -63,6 +63,14 @@ def effective_distance(distance: float, focus_distance: float | None) -> float:
     return distance / fresnel_magnification(distance, focus_distance)
 
 
+def detector_distance(effective: float, focus_distance: float | None) -> float:
+    """The detector distance z whose ``effective_distance`` is ``effective`` (m): z_eff f / (f - z_eff).
+
+    Needs ``effective`` below ``focus_distance``; without a focus it is ``effective`` itself.
+    """
+    return effective if not focus_distance else effective * focus_distance / (focus_distance - effective)
+
+
 def sample_pixel(
     propagation: Literal["far", "near"],
     pixel: float,

@@ -69,7 +69,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from workers.runtime import Progress, run_job, schedule_name
+    from workers.runtime import Progress, run_job
 
     job = _job(args)
     if args.threads:
@@ -91,7 +91,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
         summary_png = write_pngs(args.out, {**result.state, "attrs": result.attrs})
     summary = {
         "file": args.out,
-        "schedule": schedule_name(job.schedule),
+        "schedule": schedule_text(job.schedule),
         "iterations": int(result.attrs["iterations"]),
         "device": str(result.attrs["device"]),
         "final_loss": float(result.loss[-1]) if len(result.loss) else math.nan,

@@ -6,14 +6,13 @@ import argparse
 from typing import Any
 
 from service.cli.common import Subparsers, add_preprocess_arguments, preprocessing
-from workers.stream.protocol import Protocol
+from workers.stream.kinds import Protocol
 
 PROTOCOLS = [p.value for p in Protocol]
 
 
 def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
     from workers.stream.preprocess import build_preprocessor
-    from workers.stream.protocol import Protocol
     from workers.stream.receiver import Receiver
 
     protocol = Protocol(args.protocol) if args.protocol else None
@@ -37,7 +36,6 @@ def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
     from workers.io import load_scan
     from workers.stream.detector import Faults, replay
-    from workers.stream.protocol import Protocol
 
     data = load_scan(args.input)
     faults = Faults(args.drop, args.duplicate, args.reorder, args.corrupt, args.fault_seed)

@@ -115,3 +115,22 @@ def test_a_failing_job_is_failed_in_redis_and_in_prefect(
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "failed" and job["message"]
     wait_for(lambda: flow_run_state(job_id) == "FAILED", 20, "Prefect to record the failure")
+
+
+def test_a_failing_beat_does_not_stop_the_heartbeat(settings: Settings, store: JobStore) -> None:
+    """A listener that raises (or a Redis blip) is logged; the next beats still renew the lease and see cancel."""
+    from flows.heartbeat import Heartbeat
+
+    fast = settings.model_copy(update={"heartbeat_s": 0.05, "lease_s": 0.3})
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("listener failed")
+
+    with Heartbeat(store, "abc123", fast, worker="w") as beat:
+        beat.listen(broken)
+        wait_for(lambda: len(calls) >= 3, 5, "three beats")
+        store.r.delete(store.key("job", "abc123", "lease"))
+        wait_for(lambda: bool(store.r.exists(store.key("job", "abc123", "lease"))), 5, "the lease renewed")
+    assert not store.r.exists(store.key("job", "abc123", "lease"))

@@ -68,3 +68,20 @@ def test_stage_with_tolerance_ends_early_and_the_next_stage_runs(tiny_scan: Scan
     assert PATIENCE < first < 40
     assert result.attrs["engines"] == "epie:40:0.5,rpie:3"
     assert result.attrs["iterations"] == first + 3
+
+
+def test_a_resumed_stage_keeps_its_convergence_window(tiny_scan: ScanData, tmp_path) -> None:
+    """Re-running a finished job from its final checkpoint runs no more epochs (the tolerance sees the stage's
+    losses from before the resume, not an empty history)."""
+    from workers.io import write_cxi
+    from workers.job import JobSpec
+    from workers.runtime import run_job
+
+    write_cxi(tmp_path / "s.cxi", tiny_scan)
+    schedule = [{"engine": "rpie", "iterations": 2}, {"engine": "bh-cg", "iterations": 60, "tolerance": 0.5}]
+    spec = {"input": {"file": str(tmp_path / "s.cxi")}, "schedule": schedule, "device": "cpu"}
+    job = JobSpec.model_validate(spec | {"output": str(tmp_path / "r.h5"), "checkpoint": str(tmp_path / "c.npz")})
+    first = run_job(job)
+    again = run_job(job)
+    assert first.attrs["iterations"] < 62
+    assert again.attrs["iterations"] == first.attrs["iterations"]

@@ -77,3 +77,13 @@ def test_one_schedule_with_a_transform_runs_on_a_file_and_on_a_stream(small_scan
         assert np.isfinite(result.loss).all()
         assert np.abs(centroid(result.state["probe"]) - (m - 1) / 2).max() <= 1.5
     assert len(offline.loss) == 6 and live.attrs["iterations_after_scan"] == 6
+
+
+def test_host_copies_of_the_state_are_not_views(small_scan: ScanData) -> None:
+    state, _ = off_centre_state(small_scan)
+    saved = state.to_numpy()
+    before = saved["object"].copy(), saved["probe"].copy()
+    state.object += 1
+    state.probe.mul_(2)
+    np.testing.assert_array_equal(saved["object"], before[0])
+    np.testing.assert_array_equal(saved["probe"], before[1])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 
 from workers.stream import codecs
+from workers.stream.kinds import Protocol
 
 NATIVE = "ptychostream"
 CBOR_MAGIC = b"\xd9\xd9\xf7"
@@ -27,12 +27,6 @@ Translation = tuple[float, float, float]
 Header = dict[str, Any]
 _NUMBER = (int, float)
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in FRAME_DTYPES}
-
-
-class Protocol(StrEnum):
-    NATIVE = "native"
-    DECTRIS_V1 = "dectris-v1"
-    DECTRIS_V2 = "dectris-v2"
 
 
 class ProtocolError(ValueError):

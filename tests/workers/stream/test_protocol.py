@@ -225,3 +225,14 @@ def test_the_format_table_covers_every_protocol_and_round_trips() -> None:
         np.testing.assert_array_equal(frame.data, FRAME)
         assert (frame.position_m is not None) == fmt.positions_in_frames
         assert isinstance(decode(fmt.encode_end("7", 3)), p.ScanEnd)
+
+
+def test_v1_start_reads_the_mask_after_binary_parts_that_look_like_json() -> None:
+    """header_detail "all": a flatfield whose data begins with '{' comes before the pixel mask; a null nimages."""
+    parts = recorded("dectris_v1_start_mask")
+    config = json.loads(parts[1]) | {"nimages": None}
+    flat_desc = json.dumps({"htype": "dflatfield-1.0", "shape": [8, 6], "type": "float32"}).encode()
+    flat = b"{" + bytes(6 * 8 * 4 - 1)
+    start = decode([parts[0], json.dumps(config).encode(), flat_desc, flat, *parts[2:]])
+    assert isinstance(start, p.ScanStart) and start.valid is not None and start.expected_frames is None
+    assert sorted(zip(*np.nonzero(~start.valid), strict=True)) == [(2, 5), (4, 0)]

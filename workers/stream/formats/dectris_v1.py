@@ -53,7 +53,8 @@ def _decode_start(parts: Sequence[Part], scan_id: str) -> ScanStart:
         raise MalformedMessage("dheader-1.0: needs header_detail 'basic' or 'all' (the detector config part)")
     cfg = json_object(parts[1])
     frames = shape([field(cfg, "y_pixels_in_detector", int, kind), field(cfg, "x_pixels_in_detector", int, kind)], kind)
-    n = cfg.get("nimages", 0) * cfg.get("ntrigger", 1)
+    images, triggers = cfg.get("nimages"), cfg.get("ntrigger", 1)
+    n = images * triggers if type(images) is int and type(triggers) is int else None
     return ScanStart(
         scan_id,
         frames,
@@ -70,14 +71,12 @@ def _decode_start(parts: Sequence[Part], scan_id: str) -> ScanStart:
 
 def _pixel_mask(parts: Sequence[Part], frames: tuple[int, int]) -> np.ndarray | None:
     """The valid pixels (Y, X) from a ``dpixelmask-1.0`` part and its data (header_detail "all"), or None."""
-    for k in range(len(parts) - 1):
-        if memoryview(parts[k])[:1] != b"{":
-            continue
-        desc = json_object(parts[k])
+    for head, data in zip(parts[0::2], parts[1::2], strict=False):  # (description, data) pairs
+        desc = json_object(head)
         if desc.get("htype") == "dpixelmask-1.0":
             width, height = shape(desc.get("shape"), "dpixelmask-1.0")
             dtype = frame_dtype(desc.get("type", "uint32"), "dpixelmask-1.0")
-            return pixel_mask(parts[k + 1], (height, width), dtype, None, frames, "dpixelmask-1.0")
+            return pixel_mask(data, (height, width), dtype, None, frames, "dpixelmask-1.0")
     return None
 
 
