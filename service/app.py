@@ -16,13 +16,7 @@ from service.cache import TTLCache
 from service.routes import dashboard, health, jobs
 from service.settings import Settings
 from service.store import JobNotFound, JobStore, TransitionError
-
-
-async def reap_forever(store: JobStore, interval_s: float) -> None:
-    """Fail running jobs whose worker stopped renewing its lease."""
-    while True:
-        await asyncio.to_thread(store.reap)
-        await asyncio.sleep(interval_s)
+from service.supervise import reap_forever
 
 
 class BodyLimit:
