@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.aredis = redis.asyncio.Redis.from_url(settings.redis_url)
-        reaper = asyncio.create_task(reap_forever(store, settings.reaper_interval_s))
+        reaper = asyncio.create_task(
+            reap_forever(store, interval_s=settings.reaper_interval_s, lease_s=settings.lease_s)
+        )
         yield
         reaper.cancel()
         await app.state.aredis.aclose()
