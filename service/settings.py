@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.tokens import token_problem
 
 DEV_TOKEN = "dev-token"
 
@@ -14,7 +16,7 @@ DEV_TOKEN = "dev-token"
 class Settings(BaseSettings):
     """Everything the API, the worker loop and the flows read from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="PTYCHOSTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PTYCHOSTREAM_", extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for jobs, progress and previews.")
@@ -24,7 +26,35 @@ class Settings(BaseSettings):
     key_prefix: str = Field(
         default="ptychostream:", description="Prefix of every Redis key (separates deployments, tests)."
     )
-    api_token: str = Field(default=DEV_TOKEN, min_length=8, description="Bearer token for mutating calls.")
+    api_token: str = Field(
+        default=DEV_TOKEN, min_length=8, description="Bearer token for mutating calls (it also grants reads)."
+    )
+    read_access: Literal["open", "token"] = Field(
+        default="open",
+        description="Who may read jobs, results, previews, logs and event streams: anyone (open) or holders of "
+        "the API token, the read token or a dashboard session (token). Default: token in production, open in "
+        "development. Health, metrics, the dashboard page and the API docs are always open.",
+    )
+    read_token: str | None = Field(
+        default=None, min_length=8, description="A second bearer token that grants reads only (optional)."
+    )
+    session_s: float = Field(
+        default=12 * 3600.0, gt=0, le=30 * 86400, description="Lifetime of a dashboard session cookie."
+    )
+    max_event_streams: int = Field(
+        default=2000, ge=1, description="Open event streams (SSE) per API process; more are refused (503)."
+    )
+    stream_hosts: list[str] = Field(
+        default=["127.0.0.1", "localhost"],
+        min_length=1,
+        description="Interfaces a stream job may bind (its stream and positions endpoints), e.g. 0.0.0.0 in a "
+        "container.",
+    )
+    stream_port_min: int = Field(default=1024, ge=1, le=65535, description="Lowest port a stream job may bind.")
+    stream_port_max: int = Field(default=65535, ge=1, le=65535, description="Highest port a stream job may bind.")
+    result_image_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Rendered result PNGs kept in memory (per API process)."
+    )
     data_root: Path = Field(default=Path("data"), description="Input files resolve under this directory only.")
     results_root: Path = Field(default=Path("results"), description="Where workers write results and checkpoints.")
     max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest accepted request body.")
@@ -41,11 +71,25 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="A running job saves its checkpoint and partial result at least this often."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_access_default(cls, data: Any) -> Any:
+        """Reads need a token in production unless ``read_access`` says otherwise; open in development."""
+        if isinstance(data, dict) and data.get("read_access") is None:
+            production = data.get("environment", "development") == "production"
+            data = {**data, "read_access": "token" if production else "open"}
+        return data
+
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:
-        """Refuse the development token in production, and a lease shorter than two heartbeats."""
-        if self.environment == "production" and self.api_token == DEV_TOKEN:
-            raise ValueError("PTYCHOSTREAM_API_TOKEN must be set in production")
+        """Refuse weak tokens in production (``service.tokens``), a lease shorter than two heartbeats and an
+        empty port range."""
+        if self.environment == "production":
+            for name, token in (("API_TOKEN", self.api_token), ("READ_TOKEN", self.read_token)):
+                if token is not None and (problem := token_problem(token)):
+                    raise ValueError(f"PTYCHOSTREAM_{name} is not fit for production: {problem}")
         if self.lease_s < 2 * self.heartbeat_s:
             raise ValueError("lease_s must be at least twice heartbeat_s")
+        if self.stream_port_min > self.stream_port_max:
+            raise ValueError("stream_port_min must not exceed stream_port_max")
         return self
