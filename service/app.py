@@ -1,41 +1,27 @@
-"""The FastAPI app factory: routers, error bodies, body-size limit, the lease reaper. Never imports torch."""
+"""The FastAPI app factory: routers, error bodies, the body guard, the event hub, the lease reaper.
+Never imports torch."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
-import redis.asyncio
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.cache import TTLCache
-from service.routes import dashboard, health, jobs
+from service.cache import BytesCache, TTLCache
+from service.errors import validation_error
+from service.events import EventHub
+from service.guard import BodyGuard
+from service.redact import Redactor
+from service.routes import dashboard, health, jobs, session
 from service.settings import Settings
 from service.store import JobNotFound, JobStore, TransitionError
 from service.supervise import reap_forever
-
-
-class BodyLimit:
-    """Refuse (413, JSON) a request whose Content-Length is unreadable or above ``max_bytes``.
-
-    Plain ASGI, not ``BaseHTTPMiddleware``: that wraps every request and costs more than the
-    cached status reply itself."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > self.max_bytes:
-                detail = f"request body larger than {self.max_bytes} bytes or unreadable length"
-                await JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,13 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.aredis = redis.asyncio.Redis.from_url(settings.redis_url)
+        app.state.hub.start()
         reaper = asyncio.create_task(
             reap_forever(store, interval_s=settings.reaper_interval_s, lease_s=settings.lease_s)
         )
         yield
         reaper.cancel()
-        await app.state.aredis.aclose()
+        await app.state.hub.stop()
 
     app = FastAPI(
         title="PtychoStream",
@@ -61,12 +47,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.store = settings, store
     app.state.replies = TTLCache[bytes | None](settings.reply_cache_s)
+    app.state.images = BytesCache(settings.result_image_cache_bytes)
+    app.state.hub = EventHub(settings.redis_url, settings.key_prefix, settings.max_event_streams)
+    app.state.redactor = Redactor(settings.data_root, settings.results_root)
     app.include_router(jobs.router)
+    app.include_router(session.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", StaticFiles(directory=dashboard.DASHBOARD), name="dashboard")
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, settings=settings)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    if settings.read_access == "open":
+        app.openapi = lambda: reads_open(FastAPI.openapi(app))  # type: ignore[method-assign]
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
@@ -77,3 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
     return app
+
+
+def reads_open(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI of an app whose reads are open: a read's security becomes optional (``{}``)."""
+    for operations in schema["paths"].values():
+        read = operations.get("get", {})
+        if "security" in read and {} not in read["security"]:
+            read["security"].append({})
+    return schema

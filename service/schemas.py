@@ -7,10 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.redact import Redactor
 from service.store import JobState
 from workers.job import JobRequest
 
 JobCreate = JobRequest
+
+
+class ErrorReply(BaseModel):
+    """Every error reply: one line naming the field (where there is one) and the problem."""
+
+    detail: str
 
 
 class JobCreated(BaseModel):
@@ -77,14 +84,14 @@ class Health(BaseModel):
     workers: list[WorkerPublic]
 
 
-def job_public(raw: dict[str, str]) -> JobPublic:
-    """A stored job hash as the API shows it."""
+def job_public(raw: dict[str, str], redactor: Redactor) -> JobPublic:
+    """A stored job hash as the API shows it (server paths redacted)."""
     stored = json.loads(raw["spec"])
-    spec = {k: stored[k] for k in JobRequest.model_fields if k in stored}
+    spec = {k: redactor.value(stored[k]) for k in JobRequest.model_fields if k in stored}
     return JobPublic(
         id=raw["id"],
         state=JobState(raw["state"]),
-        message=raw.get("message", ""),
+        message=redactor.text(raw.get("message", "")),
         created=float(raw["created"]),
         updated=float(raw["updated"]),
         worker=raw.get("worker"),

@@ -1,4 +1,6 @@
 // PtychoStream operator dashboard: polls the job list and health, follows one job over SSE.
+// Where reads need a token, it asks for one once and trades it for an HttpOnly session cookie
+// (POST /api/session), which the browser then sends with every fetch, image and event stream.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,11 +17,35 @@ function fmt(x, digits = 4) {
   return x === null || x === undefined || x === "" ? "—" : Number(x).toPrecision(digits);
 }
 
+class SignInNeeded extends Error {}
+
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store" });
+  if (r.status === 401) throw new SignInNeeded(url);
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
 }
+
+function askToSignIn() {
+  $("login").hidden = false;
+  if (source) { source.close(); source = null; }
+  selected = null;
+}
+
+$("login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const r = await fetch("/api/session", {
+    method: "POST", headers: { Authorization: `Bearer ${$("token").value}` },
+  });
+  $("token").value = "";
+  if (r.ok) {
+    $("login").hidden = true;
+    $("login-error").textContent = "";
+    poll();
+  } else {
+    $("login-error").textContent = "wrong token";
+  }
+});
 
 function drawLoss() {
   const c = $("loss-curve"), g = c.getContext("2d");
@@ -100,6 +126,7 @@ async function poll() {
     const current = jobs.find((j) => j.id === selected);
     if (current) showJob(current);
   } catch (err) {
+    if (err instanceof SignInNeeded) { askToSignIn(); return; }
     $("health").textContent = `API unreachable: ${err.message}`;
     $("health").className = "health bad";
   }

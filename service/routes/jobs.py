@@ -1,4 +1,6 @@
-"""The jobs resource: submit, list, inspect, follow (SSE), previews, result, cancel, logs."""
+"""The jobs resource: submit, list, inspect, follow (SSE), previews, result, cancel, logs.
+
+Writes need the API token; reads need read access (``service.auth``, the ``read_access`` setting)."""
 
 from __future__ import annotations
 
@@ -8,42 +10,90 @@ from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
-from service.deps import Authorized, RepliesDep, SettingsDep, StoreDep
+from service.deps import (
+    Authorized,
+    HubDep,
+    ImagesDep,
+    Readable,
+    RedactorDep,
+    RepliesDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.endpoints import endpoint_problem
+from service.errors import responses
+from service.events import StreamsFull
 from service.jobspec import spec_for
 from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsPublic, Logs, job_public
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
+from service.strict_json import StrictJSONRoute
 from workers.images import render_result
 from workers.io import read_result
 from workers.job import FileInput, JobSpec
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="The job's id.")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job"}}
+READ = responses(401, 404, 422)
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
+MAX_NAME_BYTES = 255
+
+
+def unprocessable(field: str, problem: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: {problem}")
+
+
+def path_problem(relative: str) -> str | None:
+    """Why ``relative`` cannot name a file on this system (before the file system is asked), or None."""
+    encoded = relative.encode()  # a str from JSON: pydantic has refused lone surrogates
+    if any(c < 32 or c == 127 for c in encoded):
+        return "contains a control character"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"a path component is longer than {MAX_NAME_BYTES} bytes"
+    return None
 
 
 def resolve_input(settings: Settings, relative: str, field: str = "input.file") -> FsPath:
     """A file under the data root; refuse anything that escapes it or does not exist, naming ``field``."""
+    if problem := path_problem(relative):
+        raise unprocessable(field, problem)
     root = settings.data_root.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{field}: path must stay under the data root")
-    if not path.is_file():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: no such file: {relative}")
+    try:
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{field}: path must stay under the data root")
+        if not path.is_file():
+            raise unprocessable(field, f"no such file: {relative}")
+    except RuntimeError:  # what resolve() raises on a symbolic link loop
+        raise unprocessable(field, "a symbolic link loop") from None
+    except OSError as exc:
+        raise unprocessable(field, f"cannot be opened ({exc.strerror})") from None
     return path
 
 
-@router.post("", status_code=201, response_model=JobCreated, dependencies=[Authorized])
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobCreated,
+    dependencies=[Authorized],
+    responses=responses(400, 401, 413, 422),
+)
 def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, replies: RepliesDep) -> JobCreated:
-    """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device."""
+    """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device.
+
+    A stream job's endpoints must satisfy the endpoint policy (``stream_hosts``, ``stream_port_min``..``max``)."""
     job_input = request.input
     if isinstance(job_input, FileInput):
         job_input = job_input.model_copy(update={"file": str(resolve_input(settings, job_input.file))})
     else:
+        for name in ("stream", "positions"):
+            if (endpoint := getattr(job_input, name)) is not None and (problem := endpoint_problem(endpoint, settings)):
+                raise unprocessable(f"input.{name}", problem)
         pre = job_input.preprocess
         files = {
             name: str(resolve_input(settings, value, f"input.preprocess.{name}"))
@@ -65,69 +115,90 @@ def json_reply(body: bytes | None) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, dependencies=[Readable], responses=responses(401, 422))
 async def list_jobs(
     store: StoreDep,
     replies: RepliesDep,
+    redactor: RedactorDep,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Jobs, newest first (only those in ``state`` if given)."""
 
     def compute() -> bytes:
-        jobs = [job_public(raw) for raw in store.get_many(store.ids(state=state, limit=limit))]
+        jobs = [job_public(raw, redactor) for raw in store.get_many(store.ids(state=state, limit=limit))]
         return JobsPublic(data=jobs, count=len(jobs)).model_dump_json().encode()
 
     return json_reply(replies.get(("jobs", state, limit), compute))
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-async def get_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> Response:
+@router.get("/{job_id}", response_model=JobPublic, dependencies=[Readable], responses=READ)
+async def get_job(job_id: JobId, store: StoreDep, replies: RepliesDep, redactor: RedactorDep) -> Response:
     """State and progress: iteration, loss, frames received/used, rates, ETA (at most ``reply_cache_s`` old)."""
-    return json_reply(replies.get(("job", job_id), lambda: job_public(store.get(job_id)).model_dump_json().encode()))
+
+    def compute() -> bytes:
+        return job_public(store.get(job_id), redactor).model_dump_json().encode()
+
+    return json_reply(replies.get(("job", job_id), compute))
 
 
-@router.get("/{job_id}/loss", response_model=list[float], responses=NOT_FOUND)
+@router.get("/{job_id}/loss", response_model=list[float], dependencies=[Readable], responses=READ)
 def get_loss(job_id: JobId, store: StoreDep) -> list[float]:
     """The loss curve so far (one value per iteration)."""
     store.get(job_id)
     return store.losses(job_id)
 
 
-@router.get("/{job_id}/events", responses=NOT_FOUND)
-async def job_events(job_id: JobId, request: Request, store: StoreDep) -> EventSourceResponse:
-    """Server-Sent Events: ``state``, ``progress`` and ``preview`` as they happen; ends at a final state."""
-    first = job_public(await asyncio.to_thread(store.get, job_id))
+@router.get(
+    "/{job_id}/events",
+    dependencies=[Readable],
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "state, progress and preview events"},
+        **responses(401, 404, 422, 503),
+    },
+)
+async def job_events(job_id: JobId, store: StoreDep, hub: HubDep, redactor: RedactorDep) -> EventSourceResponse:
+    """Server-Sent Events: ``state``, ``progress`` and ``preview`` as they happen; ends at a final state.
+
+    At most ``max_event_streams`` streams per API process (503 past that); they share one Redis subscription."""
+    try:
+        sub = hub.subscribe(job_id)  # before reading the state: no event between the two is lost
+    except StreamsFull as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}) from None
+    try:
+        first = job_public(await asyncio.to_thread(store.get, job_id), redactor)
+    except BaseException:
+        sub.close()
+        raise
 
     async def events() -> AsyncIterator[dict[str, str]]:
-        yield {"event": "state", "data": first.model_dump_json()}
-        if first.state in TERMINAL:
-            return
-        pubsub = request.app.state.aredis.pubsub()
-        await pubsub.subscribe(store.channel(job_id))
         try:
+            yield {"event": "state", "data": first.model_dump_json()}
+            if first.state in TERMINAL:
+                return
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                if message is None:
+                try:
+                    data = await asyncio.wait_for(sub.queue.get(), timeout=5.0)
+                except TimeoutError:
                     state = (await asyncio.to_thread(store.get, job_id))["state"]
                     if state in TERMINAL:
                         yield {"event": "state", "data": json.dumps({"state": state})}
                         return
                     continue
-                payload = json.loads(message["data"])
+                payload = json.loads(data)
+                if "message" in payload:
+                    payload["message"] = redactor.text(payload["message"])
                 yield {"event": payload["event"], "data": json.dumps(payload)}
                 if payload["event"] == "state" and payload["state"] in TERMINAL:
                     return
         finally:
-            await pubsub.aclose()
+            sub.close()
 
-    return EventSourceResponse(events(), ping=15)
+    return EventSourceResponse(events(), ping=15, background=BackgroundTask(sub.close))
 
 
-@router.get(
-    "/{job_id}/preview/{kind}.png",
-    responses={200: {"content": {"image/png": {}}}, 404: {"description": "No such job or no preview yet"}},
-)
+@router.get("/{job_id}/preview/{kind}.png", dependencies=[Readable], responses={**PNG, **READ})
 async def get_preview(
     job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep, replies: RepliesDep
 ) -> Response:
@@ -145,7 +216,9 @@ async def get_preview(
 
 @router.get(
     "/{job_id}/result",
-    responses={200: {"content": {"application/x-hdf5": {}}}, 404: NOT_FOUND[404], 409: {"description": "Not done"}},
+    dependencies=[Readable],
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-hdf5": {}}, "description": "HDF5"}, **READ, **responses(409)},
 )
 def get_result(job_id: JobId, store: StoreDep) -> FileResponse:
     """The result HDF5; a cancelled or failed job's partial result (its ``complete`` attribute is false)."""
@@ -161,20 +234,24 @@ def result_file(store: JobStore, job_id: str) -> FsPath:
     return path
 
 
-@router.get(
-    "/{job_id}/result/{kind}.png",
-    responses={200: {"content": {"image/png": {}}}, 404: NOT_FOUND[404], 409: {"description": "No result file"}},
-)
-def get_result_image(job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep) -> Response:
+@router.get("/{job_id}/result/{kind}.png", dependencies=[Readable], responses={**PNG, **READ, **responses(409)})
+def get_result_image(
+    job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep, images: ImagesDep
+) -> Response:
     """The result as an annotated PNG: object amplitude or phase, or the probe's (first mode) amplitude.
 
     Windowed over the scanned region (phase relative to its median there), with a colour bar, and a
-    scale bar where the result records its pixel size."""
-    result = read_result(result_file(store, job_id))
-    return Response(render_result(result, kind), media_type="image/png")
+    scale bar where the result records its pixel size. Rendered once per result file version and kept
+    (``result_image_cache_bytes``)."""
+    path = result_file(store, job_id)
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, kind)
+    return Response(images.get(key, lambda: render_result(read_result(path), kind)), media_type="image/png")
 
 
-@router.post("/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=NOT_FOUND)
+@router.post(
+    "/{job_id}/cancel", response_model=CancelReply, dependencies=[Authorized], responses=responses(401, 404, 409, 422)
+)
 def cancel_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> CancelReply:
     """Cancel a queued job, or ask a running job's worker to stop (it writes a partial result)."""
     previous = store.request_cancel(job_id)
@@ -183,8 +260,8 @@ def cancel_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> CancelRep
     return CancelReply(id=job_id, previous_state=previous, detail=detail)
 
 
-@router.get("/{job_id}/logs", response_model=Logs, responses=NOT_FOUND)
-def get_logs(job_id: JobId, store: StoreDep) -> Logs:
+@router.get("/{job_id}/logs", response_model=Logs, dependencies=[Readable], responses=READ)
+def get_logs(job_id: JobId, store: StoreDep, redactor: RedactorDep) -> Logs:
     """The job's log lines (state changes, worker messages)."""
     store.get(job_id)
-    return Logs(id=job_id, lines=store.logs(job_id))
+    return Logs(id=job_id, lines=[redactor.text(line) for line in store.logs(job_id)])
