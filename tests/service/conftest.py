@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -103,3 +104,29 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Settings], tuple[str, FastAPI]]]:
+    """Start the API on a real uvicorn server (a thread of this process) for what needs real sockets:
+    ``serve(settings)`` returns its URL and the app; every server stops at teardown."""
+    import uvicorn
+
+    from service.demo import free_port
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(settings: Settings) -> tuple[str, FastAPI]:
+        app = create_app(settings)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        wait_for(lambda: server.started, 30, "uvicorn to start")
+        return f"http://127.0.0.1:{port}", app
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,5 +1,6 @@
-"""The dashboard in headless Chromium during a live ``serve --demo`` job: previews change, the job succeeds;
-SIGTERM then ends ``serve`` and everything it started."""
+"""The dashboard in headless Chromium during a live ``serve --demo`` job with reads behind a token: it asks
+for the token once (an HttpOnly session cookie, invisible to scripts, then carries every fetch, image and
+event stream), previews change, the job succeeds; SIGTERM then ends ``serve`` and everything it started."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.service.conftest import wait_for
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+READ_TOKEN = "dashboard-read-token-0123"
 
 
 def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path: Path) -> None:
@@ -33,6 +35,8 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
         "PTYCHOSTREAM_PREVIEW_INTERVAL_S": "0.3",
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "OMP_NUM_THREADS": "1",
+        "PTYCHOSTREAM_READ_ACCESS": "token",
+        "PTYCHOSTREAM_READ_TOKEN": READ_TOKEN,
     }
     command = ["serve", "--port", str(port), "--demo", "--demo-positions", "100", "--demo-rate", "12"]
     argv = [sys.executable, "-m", "service.cli", *command, "--demo-iterations", "15"]
@@ -43,6 +47,14 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             url = f"http://127.0.0.1:{port}/"
             wait_for(lambda: _opens(page, url), 120, "the dashboard to answer")
+            page.wait_for_selector("#login:not([hidden])", timeout=30_000)
+            page.fill("#token", "wrong-token-xxxxxxxx")
+            page.click("#login button")
+            page.wait_for_function("document.getElementById('login-error').textContent === 'wrong token'")
+            page.fill("#token", READ_TOKEN)
+            page.click("#login button")
+            page.wait_for_selector("#login", state="hidden", timeout=30_000)
+            assert "ptychostream_session" not in page.evaluate("document.cookie")  # HttpOnly
             page.wait_for_function("document.getElementById('job-state').textContent === 'running'", timeout=120_000)
             page.wait_for_function("document.getElementById('img-amplitude').naturalWidth > 0", timeout=60_000)
             first = page.get_attribute("#img-amplitude", "src")
