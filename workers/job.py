@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from workers.probe_spec import ProbeStart
 from workers.schedule import StageSpec, default_schedule
 
-__all__ = ["FileInput", "JobRequest", "JobSpec", "Preprocessing", "StageSpec", "StreamInput"]
+__all__ = ["FileInput", "JobRequest", "JobSpec", "Preprocessing", "StageSpec", "StreamInput", "StreamLimits"]
 
 
 class _Strict(BaseModel):
@@ -55,6 +55,44 @@ class Preprocessing(_Strict):
     )
 
 
+class StreamLimits(_Strict):
+    """Bounds on what a stream receiver holds (``workers.stream``), so that no sender, broken or hostile, can make
+    it grow: at most ``buffer_frames`` + ``waiting_frames`` frames, ``queue_messages`` messages of at most
+    ``max_message_bytes`` queued in ZeroMQ, ``waiting_positions`` positions. A frame refused for a bound is
+    counted as rejected with its reason (PROTOCOL.md)."""
+
+    buffer_frames: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Frames buffered for the engine; when full, reading pauses."
+    )
+    waiting_frames: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Frames held for their positions; more: 'waiting full'."
+    )
+    waiting_positions: int = Field(
+        default=1_000_000, ge=1, le=100_000_000, description="Positions held for their frames; more are ignored."
+    )
+    max_frames: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=1 << 31,
+        description="Frames per scan (and the most a start may declare): higher indices are rejected ('index').",
+    )
+    max_frame_bytes: int = Field(
+        default=256 << 20,
+        ge=1024,
+        le=1 << 34,
+        description="Largest decoded frame: a start declaring larger frames is refused, a frame is rejected unread.",
+    )
+    max_message_bytes: int = Field(
+        default=256 << 20,
+        ge=1024,
+        le=1 << 34,
+        description="Largest message (and message part) on the wire; larger ones are dropped unread.",
+    )
+    queue_messages: int = Field(
+        default=1000, ge=1, le=100_000, description="Messages ZeroMQ may queue ahead of the receiver (RCVHWM)."
+    )
+
+
 class StreamInput(_Strict):
     stream: str = Field(
         pattern=r"^tcp://\S+:(\d+|\*)$",
@@ -71,6 +109,7 @@ class StreamInput(_Strict):
         default=60.0, gt=0, le=3600, description="Close the scan after this long without any message."
     )
     preprocess: Preprocessing = Field(default_factory=Preprocessing, description="Per-frame corrections.")
+    limits: StreamLimits = Field(default_factory=StreamLimits, description="Bounds on the receiver's memory.")
 
 
 class JobRequest(_Strict):

@@ -10,8 +10,15 @@ import numpy as np
 
 from workers.data import Geometry, ScanData
 from workers.errors import DataError
+from workers.job import StreamInput
 from workers.record import RunRecord
+from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
+
+
+class StoppedBeforeFrames(Exception):
+    """A live scan was asked to stop (``should_stop``) before any usable frame had arrived: there is nothing to
+    reconstruct and nothing failed, so the caller records the run as cancelled (``StreamSource.first``)."""
 
 
 class FrameSource(Protocol):
@@ -58,8 +65,23 @@ class FileSource:
         return {}
 
 
+def stream_receiver(spec: StreamInput) -> Receiver:
+    """The receiver of a stream job (not started): its endpoints, idle timeout, preprocessing and limits."""
+    return Receiver(
+        spec.stream,
+        positions=spec.positions,
+        preprocess=build_preprocessor(spec.preprocess),
+        limits=spec.limits,
+        idle_timeout_s=spec.idle_timeout_s,
+    )
+
+
 class StreamSource:
-    """A live scan from a started ``Receiver``: waits for ``warmup_frames``, then drains what has arrived."""
+    """A live scan from a started ``Receiver``: waits for ``warmup_frames``, then drains what has arrived.
+
+    ``first`` raises ``StoppedBeforeFrames`` when asked to stop before any usable frame, and
+    ``DataError`` (naming a refused start message, if any) when the stream ends without one.
+    """
 
     live = True
 
@@ -76,7 +98,13 @@ class StreamSource:
         index, frames, corners = buffer.drain()
         scan = receiver.scan()
         if not len(index) or scan is None:
-            raise DataError(f"stream {receiver.endpoint}: ended without usable frames ({receiver.counters()})")
+            if should_stop():
+                raise StoppedBeforeFrames(f"stream {receiver.endpoint}: stopped before any usable frame arrived")
+            c, refused = receiver.counters(), receiver.refused()
+            why = f"its start message was refused: {refused}" if scan is None and refused else "no usable frames"
+            raise DataError(
+                f"stream {receiver.endpoint}: ended with {why} (rejected {c['rejected']}, malformed {c['malformed']})"
+            )
         self._geometry, self._mask = scan.geometry, scan.mask
         self._seen.append((index, frames, corners))
         return ScanData(frames, corners, scan.geometry, scan.mask, scan.probe, receiver.endpoint)
@@ -96,7 +124,8 @@ class StreamSource:
         if len(self._seen) > 1:
             self._seen[:] = [tuple(np.concatenate(parts) for parts in zip(*self._seen, strict=True))]  # type: ignore[misc]
         order, intensities, positions = self._seen[0]
-        assert self._geometry is not None
+        if self._geometry is None:
+            raise DataError(f"stream {self.receiver.endpoint}: no frames yet")
         return ScanData(intensities, positions, self._geometry, self._mask), order
 
     def attrs(self) -> dict[str, Any]:

@@ -6,9 +6,24 @@ import argparse
 from typing import Any
 
 from service.cli.common import Subparsers, add_preprocess_arguments, preprocessing
+from workers.job import StreamLimits
 from workers.stream.kinds import Protocol
 
 PROTOCOLS = [p.value for p in Protocol]
+LIMITS = StreamLimits.model_fields
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per ``StreamLimits`` field (``--max-frame-bytes`` ...), its default and meaning from the model."""
+    g = p.add_argument_group("receiver limits (bounds on its memory; see workers/stream/PROTOCOL.md)")
+    for name, field in LIMITS.items():
+        flag = "--" + name.replace("_", "-")
+        g.add_argument(flag, type=int, metavar="N", help=f"{field.description} (default {field.default})")
+
+
+def stream_limits(args: argparse.Namespace) -> StreamLimits:
+    """The limits the flags of ``add_limit_arguments`` ask for (the model's defaults where not given)."""
+    return StreamLimits(**{name: getattr(args, name) for name in LIMITS if getattr(args, name) is not None})
 
 
 def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
@@ -22,6 +37,7 @@ def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
         positions=args.positions,
         preprocess=preprocess,
         protocol=protocol,
+        limits=stream_limits(args),
         idle_timeout_s=args.idle_timeout,
     ).start()
     try:
@@ -63,6 +79,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--idle-timeout", type=float, help="s without data that end the scan (default: wait)")
     p.add_argument("--json", action="store_true", help="print the accounting as one JSON line")
     add_preprocess_arguments(p)
+    add_limit_arguments(p)
     p.set_defaults(func=cmd_listen)
     p = sub.add_parser("replay", help="virtual detector: stream a scan file over ZeroMQ")
     p.add_argument("input", metavar="IN.cxi")

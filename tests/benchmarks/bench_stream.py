@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq  # noqa: E402
 
+from workers.job import StreamLimits  # noqa: E402
 from workers.metrics import truth_metrics  # noqa: E402
 from workers.previews import Preview, PreviewPublisher  # noqa: E402
 from workers.runtime import Hooks, Stage, run_schedule, run_stream  # noqa: E402
@@ -80,7 +81,7 @@ def sender(endpoint: str, kind: str, compression: str | None, n: int, batch: int
 
 
 def ingest(kind: str, compression: str | None, n: int, batch: int = 1) -> dict[str, float]:
-    receiver = Receiver("tcp://127.0.0.1:*", capacity=8192).start()
+    receiver = Receiver("tcp://127.0.0.1:*", limits=StreamLimits(buffer_frames=8192)).start()
     proc = mp.get_context("spawn").Process(target=sender, args=(receiver.endpoint, kind, compression, n, batch))
     proc.start()
     drained = 0

@@ -3,13 +3,17 @@
 
 Every frame index of a scan ends as received (in the buffer), rejected (with a reason) or
 missing (never seen); duplicates are ignored and counted; malformed messages are counted and
-logged, never fatal.
+logged, never fatal. Everything held is bounded by ``StreamLimits``: indices by the scan's
+declared frame count (else ``max_frames``), frames waiting for positions by ``waiting_frames``,
+positions waiting for frames by ``waiting_positions``, decoded frames by ``max_frame_bytes``
+(checked before they are inflated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -21,12 +25,15 @@ import numpy as np
 
 from workers import units
 from workers.data import Geometry
+from workers.job import StreamLimits
 from workers.stream.formats import decode
 from workers.stream.preprocess import Preprocessor, Rejected
 from workers.stream.protocol import (
     CorruptFrame,
+    Expect,
     Frame,
     FrameBatch,
+    InvalidStart,
     Part,
     Position,
     Protocol,
@@ -83,9 +90,14 @@ class Scan:
 
 
 def scan_geometry(start: ScanStart, size: int, binning: int = 1) -> Geometry:
-    """The geometry of frames cropped to ``size`` after ``binning`` x ``binning`` detector pixels."""
+    """The geometry of frames cropped to ``size`` after ``binning`` x ``binning`` detector pixels; ``InvalidStart``
+    where the start's numbers, each valid, give no usable sample pixel (e.g. an overflow)."""
     wavelength = units.wavelength_from_energy_ev(start.energy_ev)
     pixel = units.sample_pixel(start.propagation, start.pixel_size_m * binning, wavelength, start.distance_m, size)
+    if not (math.isfinite(wavelength) and math.isfinite(pixel) and wavelength > 0 and pixel > 0):
+        raise InvalidStart(
+            start.scan_id, f"{start.protocol} start: gives a sample pixel of {pixel} m and wavelength {wavelength} m"
+        )
     return Geometry(start.propagation, wavelength, start.distance_m, pixel)
 
 
@@ -145,16 +157,27 @@ class FrameBuffer:
 
 class Assembler:
     """Accounts frames of one scan, joins frames with positions by index, converts the positions to pixels
-    and feeds the buffer."""
+    and feeds the buffer, holding no more than ``limits`` allow."""
 
     def __init__(
-        self, buffer: FrameBuffer, preprocess: Preprocessor, stop: threading.Event, protocol: Protocol | None = None
+        self,
+        buffer: FrameBuffer,
+        preprocess: Preprocessor,
+        stop: threading.Event,
+        protocol: Protocol | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.buffer, self.preprocess, self.stop, self.protocol = buffer, preprocess, stop, protocol
+        self.limits = limits or StreamLimits()
         self.counters = Counters(buffer_capacity=buffer.capacity)
         self.start: ScanStart | None = None
         self.scan: Scan | None = None
+        self.refused: str | None = None  # why the last start message was refused
         self.ended = False
+        self._expect = Expect(None, self.limits.max_frame_bytes)
+        self._top = self.limits.max_frames  # frame indices are below this
+        self._refused_id: str | None = None
+        self._logged: dict[str, int] = {}
         self._seen: set[int] = set()
         self._rejected: set[int] = set()
         self._frames: dict[int, np.ndarray] = {}
@@ -166,14 +189,15 @@ class Assembler:
         at the next ``flush``."""
         now = time.perf_counter()
         try:
-            msg = decode(parts)
+            msg = decode(parts, self._expect)
         except CorruptFrame as exc:
             self._reject(exc.index, exc.reason, exc.scan_id)
             return
+        except InvalidStart as exc:
+            self._refuse(exc)
+            return
         except ProtocolError as exc:
-            self.malformed(type(exc).__name__)
-            if sum(self.counters.malformed.values()) <= 10:
-                log.warning("malformed message ignored: %s", exc)
+            self.malformed(type(exc).__name__, str(exc))
             return
         if isinstance(msg, Frame):
             self._arrived(msg.nbytes, now)
@@ -188,14 +212,16 @@ class Assembler:
             self._position(msg)
         elif isinstance(msg, ScanStart):
             self._start(msg)
-        elif isinstance(msg, ScanEnd) and self.start is not None and msg.scan_id == self.start.scan_id:
-            self.ended = True
-            if msg.frames_sent is not None:
-                self.counters.expected = max(self.counters.expected or 0, msg.frames_sent)
+        elif isinstance(msg, ScanEnd):
+            self._end(msg)
 
-    def malformed(self, kind: str) -> None:
-        """Count a message that could not be used, by kind."""
+    def malformed(self, kind: str, detail: str | None = None) -> None:
+        """Count a message that could not be used, by kind; log ``detail`` for the first few of each kind."""
         self.counters.malformed[kind] = self.counters.malformed.get(kind, 0) + 1
+        logged = self._logged.get(kind, 0)
+        if detail is not None and logged < 10:
+            self._logged[kind] = logged + 1
+            log.warning("message ignored (%s): %s", kind, detail)
 
     def _arrived(self, nbytes: int, now: float) -> None:
         c = self.counters
@@ -204,36 +230,85 @@ class Assembler:
         c.bytes += nbytes
 
     def _start(self, msg: ScanStart) -> None:
-        problem = "second start" if self.start is not None else None
-        if self.protocol is not None and msg.protocol != self.protocol:
-            problem = f"{msg.protocol} start"
-        if problem is not None:
-            self.malformed(problem)
+        """Record the scan, once every check has passed: a refused start leaves no trace but its count."""
+        if self.start is not None:
+            self.malformed("second start")
             return
-        self.start = msg
-        own = self.preprocess.valid
-        if msg.valid is not None and (own is None or own.shape == msg.shape):
-            valid = msg.valid if own is None else msg.valid & own
-            self.preprocess = dataclasses.replace(self.preprocess, valid=valid)
-        size = self.preprocess.output_size(msg.shape)
-        mask = None
+        if self.protocol is not None and msg.protocol != self.protocol:
+            self.malformed(f"{msg.protocol} start")
+            return
         try:
-            mask = self.preprocess.mask(msg.shape)
-        except Rejected as exc:  # the preprocessing does not fit this detector: every frame is rejected for it
-            log.warning("scan %s: %s", msg.scan_id, exc)
-        geometry = scan_geometry(msg, size, self.preprocess.binning)
-        self.scan = Scan(msg.scan_id, msg.protocol, size, geometry, mask, msg.probe, msg.expected_frames)
+            scan, preprocess = self._scan(msg)
+        except InvalidStart as exc:
+            self._refuse(exc)
+            return
+        self.start, self.scan, self.preprocess = msg, scan, preprocess
+        self._expect = Expect(msg.shape, self.limits.max_frame_bytes)
+        self._top = msg.expected_frames or self.limits.max_frames
         self.counters.expected = msg.expected_frames
+        for index in [i for i in self._positions if i >= self._top]:
+            del self._positions[index]
+
+    def _refuse(self, exc: InvalidStart) -> None:
+        """Count and log a refused start; remember why (``refused``) and its scan, whose end closes the wait."""
+        self.refused, self._refused_id = str(exc), exc.scan_id
+        self.malformed(type(exc).__name__, str(exc))
+
+    def _scan(self, msg: ScanStart) -> tuple[Scan, Preprocessor]:
+        """The scan a start describes and the preprocessing for its frames, or ``InvalidStart`` (the receiver's
+        limits, a preprocessing that does not fit, a geometry that does not compute)."""
+        what = f"{msg.protocol} start"
+        if msg.frame_bytes > self.limits.max_frame_bytes:
+            limit = self.limits.max_frame_bytes
+            raise InvalidStart(
+                msg.scan_id, f"{what}: frames of {msg.shape} {msg.dtype} are over the {limit} bytes a frame may take"
+            )
+        if msg.expected_frames is not None and msg.expected_frames > self.limits.max_frames:
+            limit = self.limits.max_frames
+            raise InvalidStart(
+                msg.scan_id, f"{what}: expected_frames {msg.expected_frames} is over the {limit} frames of a scan"
+            )
+        preprocess = dataclasses.replace(self.preprocess, saturation=msg.saturation)
+        own = preprocess.valid
+        if msg.valid is not None and (own is None or own.shape == msg.shape):
+            preprocess = dataclasses.replace(preprocess, valid=msg.valid if own is None else msg.valid & own)
+        try:
+            size = preprocess.output_size(msg.shape)
+            mask = preprocess.mask(msg.shape)
+        except Rejected as exc:
+            raise InvalidStart(msg.scan_id, f"{what}: the preprocessing does not fit its frames: {exc}") from None
+        geometry = scan_geometry(msg, size, preprocess.binning)
+        probe = msg.probe
+        if probe is not None and probe.shape[-2:] != (size, size):
+            log.warning("scan %s: probe guess of shape %s ignored (frames are %d px)", msg.scan_id, probe.shape, size)
+            probe = None
+        return Scan(msg.scan_id, msg.protocol, size, geometry, mask, probe, msg.expected_frames), preprocess
+
+    def _end(self, msg: ScanEnd) -> None:
+        if self.start is None:
+            self.ended = msg.scan_id == self._refused_id  # the end of a refused scan ends the wait
+            return
+        if msg.scan_id != self.start.scan_id:
+            return
+        self.ended = True
+        sent = msg.frames_sent
+        if sent is not None and 0 <= sent <= self.limits.max_frames:
+            self.counters.expected = max(self.counters.expected or 0, sent)
+        elif sent is not None:
+            self.malformed("end", f"scan {msg.scan_id}: frames_sent {sent} is over the {self.limits.max_frames} frames")
 
     def _count(self, reason: str) -> None:
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
 
     def _reject(self, index: int, reason: str, scan_id: str) -> None:
-        """Account frame ``index`` as rejected; frames of no or another scan are counted apart."""
+        """Account frame ``index`` as rejected; frames of no or another scan, or outside the scan's indices, are
+        counted apart (and not remembered)."""
         if self.start is None:
             self._count("no start")
         elif scan_id != self.start.scan_id:
             self._count("scan id")
+        elif not 0 <= index < self._top:
+            self._count("index")
         elif index in self._seen or index in self._rejected or index in self._frames:
             self.counters.duplicates += 1
         else:
@@ -242,25 +317,24 @@ class Assembler:
 
     def _frame(self, msg: Frame) -> None:
         index = msg.index
-        if self.start is None or msg.scan_id != self.start.scan_id:
-            self._reject(index, "scan id", msg.scan_id)
+        if self.start is None or msg.scan_id != self.start.scan_id or not 0 <= index < self._top:
+            self._reject(index, "index", msg.scan_id)
             return
         if index in self._seen or index in self._rejected or index in self._frames:
             self.counters.duplicates += 1
             return
-        expected = self.counters.expected
-        if index < 0 or (expected is not None and index >= expected) or self.ended:
-            self._reject(index, "index" if not self.ended else "after end", msg.scan_id)
+        if self.ended:
+            self._reject(index, "after end", msg.scan_id)
             return
-        if tuple(msg.data.shape) != self.start.shape:
-            self._reject(index, "shape", msg.scan_id)
+        position = msg.position_m if msg.position_m is not None else self._positions.pop(index, None)
+        if position is None and len(self._frames) >= self.limits.waiting_frames:
+            self._reject(index, "waiting full", msg.scan_id)
             return
         try:
             image = self.preprocess(msg.data)
         except Rejected as exc:
             self._reject(index, exc.reason, msg.scan_id)
             return
-        position = msg.position_m if msg.position_m is not None else self._positions.pop(index, None)
         if position is None:
             self._frames[index] = image
             self.counters.waiting_peak = max(self.counters.waiting_peak, len(self._frames))
@@ -271,10 +345,17 @@ class Assembler:
         self.counters.positions += 1
         if self.start is not None and msg.scan_id != self.start.scan_id:
             return
-        if msg.index in self._frames:
-            self._deliver(msg.index, self._frames.pop(msg.index), msg.position_m)
-        elif msg.index not in self._seen:
-            self._positions[msg.index] = msg.position_m
+        index = msg.index
+        if not 0 <= index < self._top:
+            self.malformed("position index", f"position of frame {index}: outside [0, {self._top})")
+        elif index in self._frames:
+            self._deliver(index, self._frames.pop(index), msg.position_m)
+        elif index in self._seen or index in self._rejected:
+            return
+        elif len(self._positions) >= self.limits.waiting_positions:
+            self.malformed("positions full", f"{len(self._positions)} positions already wait for their frames")
+        else:
+            self._positions[index] = msg.position_m
 
     def _deliver(self, index: int, image: np.ndarray, position_m: Translation) -> None:
         self._seen.add(index)
@@ -284,9 +365,8 @@ class Assembler:
         """Move the frames delivered since the last flush into the buffer (one lock and one position conversion
         for a burst of messages), waiting while it is full; frames it could not take (``stop`` set) are unseen
         again, so end up missing."""
-        if not self._pending:
+        if not self._pending or self.scan is None:  # frames are delivered only after the start
             return
-        assert self.scan is not None  # frames are delivered only after the start
         pixel = self.scan.geometry.pixel_size
         translations = np.asarray([p for _, _, p in self._pending], dtype=np.float64)
         corners = units.corners_from_translations(translations, (pixel, pixel), self.scan.size).tolist()
@@ -303,7 +383,6 @@ class Assembler:
 
     def finish(self) -> Counters:
         """Close the scan: frames still without a position are rejected, gaps become missing."""
-        assert self.start is not None or not self._frames
         self.flush()
         for index in list(self._frames):
             self._frames.pop(index)

@@ -70,18 +70,43 @@ def decode_array(
 
 
 def decompress_bslz4(buffer: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Bitshuffle-LZ4 (HDF5 framing) -> array ``shape`` of ``dtype``."""
+    """Bitshuffle-LZ4 (HDF5 framing) -> array ``shape`` of ``dtype``; every size the buffer declares is checked
+    before anything is inflated (``check_bslz4_blocks``)."""
     raw = np.frombuffer(buffer, dtype=np.uint8)
     if raw.size < HEADER.size:
         raise CodecError(f"bslz4: {raw.size} bytes is shorter than the 12-byte header")
     total, block_bytes = HEADER.unpack(raw[: HEADER.size].tobytes())
     expected = int(np.prod(shape)) * dtype.itemsize
-    if total != expected or block_bytes % dtype.itemsize:
+    if total != expected or block_bytes <= 0 or block_bytes % (8 * dtype.itemsize):
         raise CodecError(f"bslz4: header says {total} bytes in blocks of {block_bytes}, frame needs {expected}")
+    block = block_bytes // dtype.itemsize
+    check_bslz4_blocks(memoryview(raw)[HEADER.size :], total // dtype.itemsize, dtype.itemsize, block)
     try:
-        return bitshuffle.decompress_lz4(raw[HEADER.size :], shape, dtype, block_bytes // dtype.itemsize)
+        return bitshuffle.decompress_lz4(raw[HEADER.size :], shape, dtype, block)
     except (RuntimeError, ValueError) as exc:
         raise CodecError(f"bslz4: {exc}") from None
+
+
+def check_bslz4_blocks(body: memoryview, elements: int, itemsize: int, block: int) -> None:
+    """Walk the blocks of a bitshuffle-LZ4 body as bitshuffle will (full blocks of ``block`` elements, a last
+    block of a multiple of 8, then the < 8 leftover elements raw): each declared compressed size must fit its
+    block's LZ4 bound and the blocks must end exactly at the end of ``body``. bitshuffle itself trusts these sizes
+    (it reads as many bytes as a block declares), so a corrupt size could make it read past the buffer."""
+    last = elements % block - elements % block % 8
+    blocks = elements // block + (1 if last else 0)
+    if 4 * blocks > len(body):
+        raise CodecError(f"bslz4: {len(body)} bytes cannot hold the {blocks} blocks of the frame")
+    pos = 0
+    for k in range(blocks):
+        size = (block if k < elements // block else last) * itemsize
+        if pos + BLOCK.size > len(body):
+            raise CodecError(f"bslz4: block {k} of {blocks} starts past the end of the data")
+        (compressed,) = BLOCK.unpack_from(body, pos)
+        if compressed > size + size // 255 + 16:  # LZ4_compressBound
+            raise CodecError(f"bslz4: block {k} declares {compressed} compressed bytes for {size} bytes")
+        pos += BLOCK.size + compressed
+    if pos + elements % 8 * itemsize != len(body):
+        raise CodecError(f"bslz4: the blocks declare {pos} bytes of {len(body)} (plus the raw leftover)")
 
 
 def compress_bslz4(frame: np.ndarray, block_elements: int = 0) -> bytes:
@@ -92,12 +117,14 @@ def compress_bslz4(frame: np.ndarray, block_elements: int = 0) -> bytes:
 
 
 def decompress_lz4_hdf5(buffer: bytes | memoryview, nbytes: int) -> bytes:
-    """LZ4 with the HDF5 framing -> ``nbytes`` bytes."""
-    view = memoryview(buffer)
+    """LZ4 with the HDF5 framing -> ``nbytes`` bytes; the header's sizes are checked before any block is inflated
+    (at most as many blocks as the buffer can hold, each inflating to at most its block)."""
+    view = memoryview(buffer).cast("B")
     if len(view) < HEADER.size:
         raise CodecError(f"lz4: {len(view)} bytes is shorter than the 12-byte header")
     total, block_bytes = HEADER.unpack(view[: HEADER.size])
-    if total != nbytes or block_bytes <= 0:
+    blocks = -(-total // block_bytes) if block_bytes > 0 else 0
+    if total != nbytes or block_bytes <= 0 or HEADER.size + BLOCK.size * blocks > len(view):
         raise CodecError(f"lz4: header says {total} bytes in blocks of {block_bytes}, frame needs {nbytes}")
     out, pos = [], HEADER.size
     remaining = total
@@ -113,8 +140,8 @@ def decompress_lz4_hdf5(buffer: bytes | memoryview, nbytes: int) -> bytes:
     except (struct.error, lz4.block.LZ4BlockError) as exc:
         raise CodecError(f"lz4: {exc}") from None
     data = b"".join(out)
-    if len(data) != nbytes:
-        raise CodecError(f"lz4: decoded {len(data)} bytes, frame needs {nbytes}")
+    if len(data) != nbytes or pos != len(view):
+        raise CodecError(f"lz4: decoded {len(data)} bytes from {pos} of {len(view)}, frame needs {nbytes}")
     return data
 
 
@@ -131,7 +158,7 @@ def compress_lz4_hdf5(frame: np.ndarray, block_bytes: int = 1 << 30) -> bytes:
 def decompress_lz4_raw(buffer: bytes | memoryview, nbytes: int) -> bytes:
     """A bare LZ4 block (SIMPLON stream v1 ``lz4<``) -> ``nbytes`` bytes."""
     try:
-        data = lz4.block.decompress(bytes(buffer), uncompressed_size=nbytes)
+        data = lz4.block.decompress(buffer, uncompressed_size=nbytes)
     except lz4.block.LZ4BlockError as exc:
         raise CodecError(f"lz4: {exc}") from None
     if len(data) != nbytes:

@@ -55,10 +55,13 @@ class ReplayReport:
 
 
 def scan_start(data: ScanData, scan_id: str, dtype: str) -> ScanStart:
-    """The start message of ``data``: the detector pixel that gives its sample-plane pixel."""
+    """The start message of ``data``: the detector pixel that gives its sample-plane pixel, and, for integer
+    counts, a saturation value: the largest count of the smallest readout bit depth that holds the data (as a
+    detector declares its own), so that the receiver can tell an implausible (corrupt) frame."""
     g, m = data.geometry, data.frame_size
     if g.wavelength <= 0 or g.distance <= 0 or g.pixel_size <= 0:
         raise ValueError(f"{data.source}: replay needs wavelength, distance and pixel size, got {g}")
+    saturation = (1 << max(int(data.intensities.max()).bit_length(), 1)) - 1 if dtype.startswith("uint") else None
     return ScanStart(
         scan_id,
         (m, m),
@@ -70,6 +73,7 @@ def scan_start(data: ScanData, scan_id: str, dtype: str) -> ScanStart:
         data.n_frames,
         data.probe,
         valid=data.mask,
+        saturation=saturation,
     )
 
 

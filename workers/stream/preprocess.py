@@ -39,6 +39,10 @@ class Preprocessor:
     size     : output size M after cropping (None: the largest centred square), before binning.
     centre   : (row, col) of the zero frequency on the detector (None: the frame centre).
     binning  : sum ``binning`` x ``binning`` pixels after cropping.
+    saturation: counts above which a pixel is implausible (the detector's saturation value, from the
+               scan's start): a frame with such a valid pixel in the window is rejected (``saturation``;
+               a corrupt frame, most often), except where it holds the detector's invalid-pixel marker
+               (the largest count of its unsigned dtype). None: no check.
     """
 
     dark: np.ndarray | None = None
@@ -48,6 +52,7 @@ class Preprocessor:
     size: int | None = None
     centre: tuple[int, int] | None = None
     binning: int = 1
+    saturation: int | None = None
     _windows: dict[tuple[int, int], tuple[slice, slice]] = field(default_factory=dict, init=False, repr=False)
     _references: dict[tuple[int, int], tuple[np.ndarray | None, np.ndarray | None]] = field(
         default_factory=dict, init=False, repr=False
@@ -110,8 +115,12 @@ class Preprocessor:
         crop = frame[rows, cols]
         if crop.dtype.kind == "u" and not self.converts:
             if valid is not None:
-                return np.where(valid, crop, 0)
+                out = np.where(valid, crop, 0)
+                self._plausible(out)
+                return out
+            self._plausible(crop)
             return crop if crop.shape == frame.shape else crop.copy()
+        self._plausible(crop if valid is None else np.where(valid, crop, 0))
         out = crop.astype(np.float32)
         if crop.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")
@@ -127,6 +136,17 @@ class Preprocessor:
         if self.zinger is not None:
             out = remove_zingers(out, self.zinger)
         return _bin(out, self.binning) if self.binning > 1 else out
+
+    def _plausible(self, counts: np.ndarray) -> None:
+        """Reject a frame whose valid pixels (``counts``, bad ones zeroed) exceed the saturation value."""
+        limit = self.saturation
+        if limit is None or not counts.size or counts.max() <= limit:
+            return
+        above = counts > limit
+        if counts.dtype.kind == "u":
+            above &= counts != np.iinfo(counts.dtype).max
+        if above.any():
+            raise Rejected("saturation", f"{int(above.sum())} pixels above the detector's saturation value {limit}")
 
 
 def neighbour_median(frame: np.ndarray) -> np.ndarray:

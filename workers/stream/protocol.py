@@ -9,13 +9,15 @@ sample translations (x, y, z) in metres; ``workers.units`` maps them to pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 
+from workers.job import StreamLimits
 from workers.stream import codecs
 from workers.stream.kinds import Protocol
 
@@ -49,6 +51,26 @@ class MalformedMessage(ProtocolError):
     """A known message type with missing or invalid fields."""
 
 
+class InvalidStart(MalformedMessage):
+    """A start message of scan ``scan_id`` that describes no usable scan (a missing field, a zero energy, a pixel
+    of 0 m, an unknown dtype, ...)."""
+
+    def __init__(self, scan_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.scan_id = scan_id
+
+
+@contextmanager
+def start_of(scan_id: str) -> Iterator[None]:
+    """Decoding the start message of ``scan_id``: any ``ProtocolError`` becomes an ``InvalidStart`` of it."""
+    try:
+        yield
+    except InvalidStart:
+        raise
+    except ProtocolError as exc:
+        raise InvalidStart(scan_id, str(exc)) from None
+
+
 class CorruptFrame(ProtocolError):
     """A frame whose header decodes but whose payload does not (checksum, size, compression)."""
 
@@ -58,9 +80,27 @@ class CorruptFrame(ProtocolError):
 
 
 @dataclass(frozen=True)
+class Expect:
+    """What a frame may declare before its payload is decoded: the scan's frame shape (None before a start)
+    and the most bytes one decoded frame (or pixel mask) may take. A frame that declares more is refused
+    without inflating anything (``CorruptFrame``: ``shape``, ``frame size``)."""
+
+    shape: tuple[int, int] | None = None
+    max_bytes: int = StreamLimits.model_fields["max_frame_bytes"].default
+
+
+ANY_FRAME = Expect()
+
+
+@dataclass(frozen=True)
 class ScanStart:
     """A scan begins. Energy in eV, distance and detector pixel in metres; probe (MODE, M, M) or None;
-    ``valid`` (Y, X) bool, False on the detector's bad pixels (its pixel mask), or None."""
+    ``valid`` (Y, X) bool, False on the detector's bad pixels (its pixel mask), or None; ``saturation``: counts
+    above which a pixel is implausible (the detector's saturation value or readout bit depth), or None.
+
+    Construction validates every field (``InvalidStart`` names the field and the problem), so a start
+    that reaches the receiver describes a scan that can be reconstructed.
+    """
 
     scan_id: str
     shape: tuple[int, int]
@@ -73,6 +113,43 @@ class ScanStart:
     probe: np.ndarray | None = None
     protocol: Protocol = Protocol.NATIVE
     valid: np.ndarray | None = None
+    saturation: int | None = None
+
+    def __post_init__(self) -> None:
+        with start_of(self.scan_id):
+            self._check()
+
+    def _check(self) -> None:
+        what = f"{self.protocol} start"
+        for name in ("energy_ev", "distance_m", "pixel_size_m"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise MalformedMessage(f"{what}: {name} must be a positive finite number, got {value!r}")
+        shape(list(self.shape), what)
+        if self.dtype not in FRAME_DTYPES:
+            raise MalformedMessage(f"{what}: dtype {self.dtype!r} is not one of {FRAME_DTYPES}")
+        if self.propagation not in ("far", "near"):
+            raise MalformedMessage(f"{what}: propagation must be 'far' or 'near', got {self.propagation!r}")
+        for name in ("expected_frames", "saturation"):
+            value = getattr(self, name)
+            if value is not None and not (type(value) is int and value > 0):
+                raise MalformedMessage(f"{what}: {name} must be null or a positive integer, got {value!r}")
+        probe = self.probe
+        if probe is not None and not (probe.ndim == 3 and probe.shape[1] == probe.shape[2] and probe.size):
+            raise MalformedMessage(f"{what}: probe must have shape (modes, M, M), got {probe.shape}")
+        if probe is not None and not np.isfinite(probe).all():
+            raise MalformedMessage(f"{what}: probe has NaN or infinite values")
+        if self.valid is not None:
+            checked_mask(self.valid, self.shape, what)
+
+    @property
+    def frame_bytes(self) -> int:
+        """The bytes of one decoded frame."""
+        return self.shape[0] * self.shape[1] * _DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
@@ -196,6 +273,16 @@ def propagation(value: Any) -> Literal["far", "near"]:
     return value
 
 
+def saturation(cutoff: Any, readout_bits: Any, dtype: str) -> int | None:
+    """The counts above which a pixel is implausible, from a DECTRIS start: its saturation value (count cutoff)
+    where given, else the largest count of its readout bit depth where that is below the image's; else None."""
+    limits = [cutoff] if type(cutoff) is int and cutoff > 0 else []
+    image_bits = _DTYPES[dtype].itemsize * 8 if dtype in _DTYPES else 0
+    if type(readout_bits) is int and 0 < readout_bits < image_bits and dtype.startswith("uint"):
+        limits.append((1 << readout_bits) - 1)
+    return min(limits, default=None)
+
+
 def frame_array(
     payload: Part,
     frame_shape: tuple[int, int],
@@ -203,11 +290,18 @@ def frame_array(
     algorithm: str | None,
     scan_id: str,
     index: int,
+    expect: Expect,
     *,
     raw_lz4: bool = False,
 ) -> np.ndarray:
-    """Frame ``index`` from its payload (raw: no copy); one that does not decode is a ``CorruptFrame``
-    (``size`` if raw, else ``decompression``)."""
+    """Frame ``index`` from its payload (raw: no copy). The declared shape and size are checked against
+    ``expect`` before anything is inflated; a frame refused or that does not decode is a ``CorruptFrame``
+    (``shape``, ``frame size``, then ``size`` if raw, else ``decompression``)."""
+    if expect.shape is not None and frame_shape != expect.shape:
+        raise CorruptFrame(scan_id, index, "shape", f"{frame_shape}, the scan's frames are {expect.shape}")
+    if frame_shape[0] * frame_shape[1] * dtype.itemsize > expect.max_bytes:
+        detail = f"{frame_shape} {dtype} is over the {expect.max_bytes} bytes a frame may take"
+        raise CorruptFrame(scan_id, index, "frame size", detail)
     try:
         return codecs.decode_array(payload, frame_shape, dtype, algorithm, raw_lz4=raw_lz4)
     except codecs.UnknownCodec as exc:
@@ -223,15 +317,21 @@ def pixel_mask(
     algorithm: str | None,
     frames: tuple[int, int],
     what: str,
+    expect: Expect,
 ) -> np.ndarray:
-    """The valid pixels (Y, X) of a DECTRIS pixel mask (nonzero: bad); it must decode and match the frames."""
+    """The valid pixels (Y, X) of a DECTRIS pixel mask (nonzero: bad); it must match the frames and fit
+    ``expect.max_bytes`` (both checked before it is inflated), and decode."""
+    if mask_shape != frames:
+        raise MalformedMessage(f"{what}: pixel mask of shape {mask_shape} does not match frames of shape {frames}")
+    if frames[0] * frames[1] * dtype.itemsize > expect.max_bytes:
+        raise MalformedMessage(f"{what}: a {frames} {dtype} pixel mask is over {expect.max_bytes} bytes")
     try:
         mask = codecs.decode_array(payload, mask_shape, dtype, algorithm)
     except codecs.UnknownCodec as exc:
         raise UnknownEncoding(f"{what}: {exc}") from None
     except codecs.CodecError as exc:
         raise MalformedMessage(f"{what}: {exc}") from None
-    return checked_mask(mask == 0, frames, what)
+    return mask == 0
 
 
 def checked_mask(valid: np.ndarray, frames: tuple[int, int], what: str) -> np.ndarray:

@@ -186,10 +186,10 @@ def test_frames_batch_round_trips_and_rejects_only_its_corrupt_frames() -> None:
         np.testing.assert_array_equal(f.data, want)
         np.testing.assert_array_equal(f.position_m, where)
     parts[2] = b"\x00" + parts[2][1:]  # frame 6: checksum
-    parts[4] = parts[4][:-2]  # frame 9: size (its checksum no longer matches either)
+    parts[4] = parts[4][:-2]  # frame 9: size (checked before its checksum, which no longer matches either)
     out = decode(parts)
     assert isinstance(out, p.FrameBatch) and [f.index for f in out.frames] == [5, 7]
-    assert [(c.index, c.reason) for c in out.corrupt] == [(6, "checksum"), (9, "checksum")]
+    assert [(c.index, c.reason) for c in out.corrupt] == [(6, "checksum"), (9, "size")]
     out = decode(parts[:3])
     assert isinstance(out, p.FrameBatch) and not out.frames and {c.reason for c in out.corrupt} == {"parts"}
 
@@ -206,7 +206,8 @@ def test_frames_batch_with_a_bad_header_is_malformed(fields: dict) -> None:
 
 def test_every_format_refuses_a_pixel_mask_of_the_wrong_shape() -> None:
     """The three start decoders agree: a mask that does not match the frames makes the start malformed."""
-    start = p.ScanStart("7", (6, 8), "uint16", 8000.0, 2.0, 75e-6, "far", 3, valid=np.ones((8, 6), bool))
+    start = p.ScanStart("7", (6, 8), "uint16", 8000.0, 2.0, 75e-6, "far", 3)
+    object.__setattr__(start, "valid", np.ones((8, 6), bool))  # a sender's start that ScanStart itself refuses
     for fmt in FORMATS.values():
         parts = [bytes(memoryview(x).cast("B")) for x in fmt.encode_start(start)]
         with pytest.raises(p.MalformedMessage, match=r"pixel mask of shape \(8, 6\) does not match frames"):

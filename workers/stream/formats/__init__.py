@@ -1,6 +1,6 @@
 """The wire formats behind one table keyed by ``Protocol``: each format's decoder and encoders.
 
-A new format is a module with ``decode(parts, head)``, ``encode_start``, ``encode_frame`` and
+A new format is a module with ``decode(parts, head, expect)``, ``encode_start``, ``encode_frame`` and
 ``encode_end`` (the signatures of ``native``), a ``Protocol`` member, a row here and its rule
 in ``protocol.detect``.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.stream.formats import dectris_v1, dectris_v2, native
-from workers.stream.protocol import Header, Message, Part, Protocol, ScanStart, detect
+from workers.stream.protocol import ANY_FRAME, Expect, Header, Message, Part, Protocol, ScanStart, detect
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Format:
     """One wire format. ``positions_in_frames``: its frames can carry their positions (else position messages
     carry them)."""
 
-    decode: Callable[[Sequence[Part], Header | None], Message]
+    decode: Callable[[Sequence[Part], Header | None, Expect], Message]
     encode_start: Callable[[ScanStart], list[Part]]
     encode_frame: Callable[[str, int, np.ndarray, np.ndarray | None, str | None], list[Part]]
     encode_end: Callable[[str, int | None], list[Part]]
@@ -39,7 +39,8 @@ FORMATS: dict[Protocol, Format] = {
 }
 
 
-def decode(parts: Sequence[Part]) -> Message:
-    """Decode one multipart message of any supported format; raises a ``ProtocolError`` subclass."""
+def decode(parts: Sequence[Part], expect: Expect = ANY_FRAME) -> Message:
+    """Decode one multipart message of any supported format, its frames checked against ``expect`` before they
+    are inflated; raises a ``ProtocolError`` subclass."""
     kind, head = detect(parts)
-    return FORMATS[kind].decode(parts, head)
+    return FORMATS[kind].decode(parts, head, expect)

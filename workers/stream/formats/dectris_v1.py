@@ -11,7 +11,9 @@ import orjson
 
 from workers.stream import codecs
 from workers.stream.protocol import (
+    ANY_FRAME,
     CorruptFrame,
+    Expect,
     Frame,
     Header,
     MalformedMessage,
@@ -27,27 +29,31 @@ from workers.stream.protocol import (
     frame_dtype,
     json_object,
     pixel_mask,
+    saturation,
     shape,
+    start_of,
 )
 
 ENCODINGS = {"<": None, "lz4<": "lz4", "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
 
 
-def decode(parts: Sequence[Part], head: Header | None) -> Message:
-    """A SIMPLON v1 message whose parsed first part is ``head``."""
-    assert head is not None
+def decode(parts: Sequence[Part], head: Header | None, expect: Expect = ANY_FRAME) -> Message:
+    """A SIMPLON v1 message whose parsed first part is ``head``; frames are checked against ``expect``."""
+    if head is None:
+        raise MalformedMessage("SIMPLON v1 message without its JSON header")
     kind = head["htype"]
     scan_id = str(field(head, "series", int, kind))
     if kind == "dheader-1.0":
-        return _decode_start(parts, scan_id)
+        with start_of(scan_id):
+            return _decode_start(parts, scan_id, expect)
     if kind == "dimage-1.0":
-        return _decode_frame(head, parts, scan_id)
+        return _decode_frame(head, parts, scan_id, expect)
     if kind == "dseries_end-1.0":
         return ScanEnd(scan_id)
     raise UnknownType(f"SIMPLON stream v1 htype {kind!r}")
 
 
-def _decode_start(parts: Sequence[Part], scan_id: str) -> ScanStart:
+def _decode_start(parts: Sequence[Part], scan_id: str, expect: Expect) -> ScanStart:
     kind = "dheader-1.0"
     if len(parts) < 2:
         raise MalformedMessage("dheader-1.0: needs header_detail 'basic' or 'all' (the detector config part)")
@@ -55,32 +61,34 @@ def _decode_start(parts: Sequence[Part], scan_id: str) -> ScanStart:
     frames = shape([field(cfg, "y_pixels_in_detector", int, kind), field(cfg, "x_pixels_in_detector", int, kind)], kind)
     images, triggers = cfg.get("nimages"), cfg.get("ntrigger", 1)
     n = images * triggers if type(images) is int and type(triggers) is int else None
+    dtype = {8: "uint8", 16: "uint16", 32: "uint32"}.get(cfg.get("bit_depth_image"), "uint16")
     return ScanStart(
         scan_id,
         frames,
-        {8: "uint8", 16: "uint16", 32: "uint32"}.get(cfg.get("bit_depth_image"), "uint16"),
+        dtype,
         float(field(cfg, "incident_energy", (int, float), kind)),
         float(field(cfg, "detector_distance", (int, float), kind)),
         float(field(cfg, "x_pixel_size", (int, float), kind)),
         "far",
         int(n) if isinstance(n, int) and n > 0 else None,
         protocol=Protocol.DECTRIS_V1,
-        valid=_pixel_mask(parts[2:], frames),
+        valid=_pixel_mask(parts[2:], frames, expect),
+        saturation=saturation(cfg.get("countrate_correction_count_cutoff"), cfg.get("bit_depth_readout"), dtype),
     )
 
 
-def _pixel_mask(parts: Sequence[Part], frames: tuple[int, int]) -> np.ndarray | None:
+def _pixel_mask(parts: Sequence[Part], frames: tuple[int, int], expect: Expect) -> np.ndarray | None:
     """The valid pixels (Y, X) from a ``dpixelmask-1.0`` part and its data (header_detail "all"), or None."""
     for head, data in zip(parts[0::2], parts[1::2], strict=False):  # (description, data) pairs
         desc = json_object(head)
         if desc.get("htype") == "dpixelmask-1.0":
             width, height = shape(desc.get("shape"), "dpixelmask-1.0")
             dtype = frame_dtype(desc.get("type", "uint32"), "dpixelmask-1.0")
-            return pixel_mask(data, (height, width), dtype, None, frames, "dpixelmask-1.0")
+            return pixel_mask(data, (height, width), dtype, None, frames, "dpixelmask-1.0", expect)
     return None
 
 
-def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str) -> Frame:
+def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str, expect: Expect) -> Frame:
     index = field(head, "frame", int, "dimage-1.0")
     if len(parts) < 3:
         raise CorruptFrame(scan_id, index, "parts", f"dimage-1.0 needs 3-4 parts, got {len(parts)}")
@@ -95,7 +103,7 @@ def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str) -> Frame:
     digest = head.get("hash")
     if digest and hashlib.md5(blob).hexdigest() != digest:
         raise CorruptFrame(scan_id, index, "checksum", "md5 of the frame does not match its hash")
-    data = frame_array(blob, (height, width), dtype, ENCODINGS[encoding], scan_id, index, raw_lz4=True)
+    data = frame_array(blob, (height, width), dtype, ENCODINGS[encoding], scan_id, index, expect, raw_lz4=True)
     return Frame(scan_id, index, data, None, len(blob))
 
 
@@ -112,6 +120,8 @@ def encode_start(start: ScanStart) -> list[Part]:
         "nimages": start.expected_frames or 0,
         "ntrigger": 1,
     }
+    if start.saturation is not None:
+        config["countrate_correction_count_cutoff"] = start.saturation
     detail = "basic" if start.valid is None else "all"
     head = {"htype": "dheader-1.0", "series": int(start.scan_id), "header_detail": detail}
     if start.valid is None:

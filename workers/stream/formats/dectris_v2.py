@@ -12,8 +12,10 @@ import numpy as np
 from workers import units
 from workers.stream import codecs
 from workers.stream.protocol import (
+    ANY_FRAME,
     CBOR_MAGIC,
     CorruptFrame,
+    Expect,
     Frame,
     Header,
     MalformedMessage,
@@ -30,7 +32,9 @@ from workers.stream.protocol import (
     pixel_mask,
     position,
     propagation,
+    saturation,
     shape,
+    start_of,
 )
 
 TAG_ARRAY, TAG_COMPRESSED = 40, 56500
@@ -70,8 +74,9 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
     raise UnknownType(f"stream v2: CBOR tag {tag.tag}")
 
 
-def decode(parts: Sequence[Part], head: Header | None = None) -> Message:
-    """A stream v2 message (one part: the CBOR self-describe tag, then a map)."""
+def decode(parts: Sequence[Part], head: Header | None = None, expect: Expect = ANY_FRAME) -> Message:
+    """A stream v2 message (one part: the CBOR self-describe tag, then a map); frames are checked against
+    ``expect``."""
     if len(parts) != 1:
         raise MalformedMessage(f"stream v2 messages have one part, got {len(parts)}")
     try:
@@ -86,34 +91,37 @@ def decode(parts: Sequence[Part], head: Header | None = None) -> Message:
     scan_id = str(msg.get("series_unique_id") or field(msg, "series_id", int, f"stream v2 {kind}"))
     user = msg.get("user_data") if isinstance(msg.get("user_data"), Mapping) else {}
     if kind == "start":
-        return _decode_start(msg, scan_id, user)
+        with start_of(scan_id):
+            return _decode_start(msg, scan_id, user, expect)
     if kind == "image":
         index = field(msg, "image_id", int, "image")
         channels = msg.get("data")
         if not isinstance(channels, Mapping) or not channels or not isinstance(next(iter(channels.values())), _Typed):
             raise CorruptFrame(scan_id, index, "parts", "image data must map a channel to a typed array")
         typed: _Typed = next(iter(channels.values()))
-        data = frame_array(typed.payload, typed.dims, typed.dtype, typed.algorithm, scan_id, index)
+        data = frame_array(typed.payload, typed.dims, typed.dtype, typed.algorithm, scan_id, index, expect)
         return Frame(scan_id, index, data, position(user.get("position_m"), "image"), len(typed.payload))
     if kind == "end":
         return ScanEnd(scan_id)
     raise UnknownType(f"stream v2 message type {kind!r}")
 
 
-def _decode_start(msg: Mapping[str, Any], scan_id: str, user: Mapping[str, Any]) -> ScanStart:
-    frames = (field(msg, "image_size_y", int, "start"), field(msg, "image_size_x", int, "start"))
+def _decode_start(msg: Mapping[str, Any], scan_id: str, user: Mapping[str, Any], expect: Expect) -> ScanStart:
+    frames = shape([field(msg, "image_size_y", int, "start"), field(msg, "image_size_x", int, "start")], "start")
     n = msg.get("number_of_images")
+    dtype = str(msg.get("image_dtype", "uint32"))
     return ScanStart(
         scan_id,
         frames,
-        str(msg.get("image_dtype", "uint32")),
+        dtype,
         _energy(msg),
         _distance(msg),
         float(field(msg, "pixel_size_x", (int, float), "start")),
         propagation(user.get("propagation", "far")),
         n if isinstance(n, int) and n > 0 else None,
         protocol=Protocol.DECTRIS_V2,
-        valid=_pixel_mask(msg.get("pixel_mask"), frames),
+        valid=_pixel_mask(msg.get("pixel_mask"), frames, expect),
+        saturation=saturation(msg.get("saturation_value"), msg.get("bit_depth_readout"), dtype),
     )
 
 
@@ -137,14 +145,15 @@ def _distance(msg: Mapping[str, Any]) -> float:
     raise MalformedMessage("stream v2 start: needs detector_distance or detector_translation [x, y, z] (m)")
 
 
-def _pixel_mask(masks: Any, frames: tuple[int, int]) -> np.ndarray | None:
+def _pixel_mask(masks: Any, frames: tuple[int, int], expect: Expect) -> np.ndarray | None:
     """The valid pixels (Y, X) of the first channel's ``pixel_mask`` (nonzero: bad), or None."""
     if not isinstance(masks, Mapping) or not masks:
         return None
     typed = next(iter(masks.values()))
     if not isinstance(typed, _Typed):
         raise MalformedMessage("stream v2 start: pixel_mask must map a channel to a typed array")
-    return pixel_mask(typed.payload, typed.dims, typed.dtype, typed.algorithm, frames, "stream v2 start: pixel_mask")
+    what = "stream v2 start: pixel_mask"
+    return pixel_mask(typed.payload, typed.dims, typed.dtype, typed.algorithm, frames, what, expect)
 
 
 def _typed(data: np.ndarray, compression: str | None) -> cbor2.CBORTag:
@@ -181,6 +190,8 @@ def encode_start(start: ScanStart) -> list[Part]:
         "pixel_mask_enabled": start.valid is not None,
         "user_data": {"propagation": start.propagation},
     }
+    if start.saturation is not None:
+        msg["saturation_value"] = start.saturation
     if start.valid is not None:
         msg["pixel_mask"] = {"threshold_1": _typed((~start.valid).astype("<u4"), None)}
     return _cbor(msg)

@@ -10,8 +10,10 @@ import numpy as np
 import orjson
 
 from workers.stream.protocol import (
+    ANY_FRAME,
     NATIVE,
     CorruptFrame,
+    Expect,
     Frame,
     FrameBatch,
     Header,
@@ -30,15 +32,17 @@ from workers.stream.protocol import (
     position,
     propagation,
     shape,
+    start_of,
 )
 
 VERSION = 1
 MAX_BATCH = 1024
 
 
-def decode(parts: Sequence[Part], head: Header | None) -> Message:
-    """A native message whose parsed first part is ``head``."""
-    assert head is not None
+def decode(parts: Sequence[Part], head: Header | None, expect: Expect = ANY_FRAME) -> Message:
+    """A native message whose parsed first part is ``head``; frames are checked against ``expect``."""
+    if head is None:
+        raise MalformedMessage("native message without its JSON header")
     if head.get("version") != VERSION:
         raise UnknownVersion(f"native protocol version {head.get('version')!r} (this decoder reads {VERSION})")
     kind = head.get("type")
@@ -46,24 +50,26 @@ def decode(parts: Sequence[Part], head: Header | None) -> Message:
     if type(scan_id) is not str:
         scan_id = str(field(head, "scan_id", (str, int), f"native {kind}"))
     if kind == "frame":
-        return _decode_frame(head, parts, scan_id)
+        return _decode_frame(head, parts, scan_id, expect)
     if kind == "frames":
-        return _decode_batch(head, parts, scan_id)
+        return _decode_batch(head, parts, scan_id, expect)
     if kind == "position":
         pos = position(head.get("position_m"), "native position")
         if pos is None:
             raise MalformedMessage("native position: position_m missing")
         return Position(scan_id, field(head, "index", int, "native position"), pos)
     if kind == "start":
-        return _decode_start(head, parts, scan_id)
+        with start_of(scan_id):
+            return _decode_start(head, parts, scan_id)
     if kind == "end":
         sent = head.get("frames_sent")
         return ScanEnd(scan_id, sent if isinstance(sent, int) else None)
     raise UnknownType(f"native message type {kind!r}")
 
 
-def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str) -> Frame:
-    """The hot path: a frame header and its raw payload, checked field by field without copying the payload."""
+def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str, expect: Expect) -> Frame:
+    """The hot path: a frame header and its raw payload, checked field by field without copying the payload
+    (its size before its checksum: a short payload is a ``size`` reject)."""
     index = head.get("index")
     if type(index) is not int:
         raise MalformedMessage(f"native frame: field 'index' missing or not an integer, got {index!r}")
@@ -71,15 +77,15 @@ def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str) -> Frame:
         raise CorruptFrame(scan_id, index, "parts", f"expected header + frame, got {len(parts)} parts")
     frame_shape, dtype = shape(head.get("shape"), "native frame"), frame_dtype(head.get("dtype"), "native frame")
     payload = parts[1]
+    data = frame_array(payload, frame_shape, dtype, None, scan_id, index, expect)
     checksum = head.get("crc32c")
     if checksum is not None and crc32c.crc32c(payload) != checksum:
         raise CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header")
-    data = frame_array(payload, frame_shape, dtype, None, scan_id, index)
     return Frame(scan_id, index, data, position(head.get("position_m"), "native frame"), memoryview(payload).nbytes)
 
 
-def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str) -> FrameBatch:
-    """Frames ``index[k]`` in parts ``k + 1``; a payload that fails its checksum or size rejects that frame only."""
+def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str, expect: Expect) -> FrameBatch:
+    """Frames ``index[k]`` in parts ``k + 1``; a payload that fails its size or checksum rejects that frame only."""
     indices = head.get("index")
     if not (type(indices) is list and 0 < len(indices) <= MAX_BATCH and all(type(i) is int for i in indices)):
         raise MalformedMessage(f"native frames: 'index' must be a list of 1 to {MAX_BATCH} integers")
@@ -97,13 +103,13 @@ def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str) -> FrameBat
     frames, corrupt = [], []
     for k, index in enumerate(indices):
         payload = parts[k + 1]
-        if checksums is not None and crc32c.crc32c(payload) != checksums[k]:
-            corrupt.append(CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header"))
-            continue
         try:
-            data = frame_array(payload, frame_shape, dtype, None, scan_id, index)
+            data = frame_array(payload, frame_shape, dtype, None, scan_id, index, expect)
         except CorruptFrame as exc:
             corrupt.append(exc)
+            continue
+        if checksums is not None and crc32c.crc32c(payload) != checksums[k]:
+            corrupt.append(CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header"))
             continue
         frames.append(Frame(scan_id, index, data, where[k], memoryview(payload).nbytes))
     return FrameBatch(scan_id, tuple(frames), tuple(corrupt))
@@ -117,16 +123,16 @@ def _decode_start(head: Header, parts: Sequence[Part], scan_id: str) -> ScanStar
         raise MalformedMessage(f"native start: {len(parts)} parts for a header and {extra or 'nothing else'}")
     arrays: dict[str, np.ndarray] = {}
     for name, part in zip(extra, parts[1:], strict=True):
-        spec = head[name]
-        dtype = np.complex64 if name == "probe" else np.uint8
-        values = (
-            np.frombuffer(part, dtype=dtype).copy() if memoryview(part).nbytes % np.dtype(dtype).itemsize == 0 else None
-        )
+        spec, dtype = head[name], np.dtype(np.complex64 if name == "probe" else np.uint8)
         want = spec.get("shape") if isinstance(spec, dict) else None
-        if values is None or not isinstance(want, list) or int(np.prod(want)) != values.size:
-            raise MalformedMessage(f"native start: {name} part does not hold shape {want} of {np.dtype(dtype)}")
-        arrays[name] = values.reshape(want)
+        dims = 3 if name == "probe" else 2
+        if not (type(want) is list and len(want) == dims and all(type(n) is int and n > 0 for n in want)):
+            raise MalformedMessage(f"native start: {name} shape must be {dims} positive integers, got {want!r}")
+        if memoryview(part).nbytes != int(np.prod(want)) * dtype.itemsize:
+            raise MalformedMessage(f"native start: {name} part does not hold shape {want} of {dtype}")
+        arrays[name] = np.frombuffer(part, dtype=dtype).reshape(want).copy()
     valid = arrays.get("valid")
+    expected, saturation = head.get("expected_frames"), head.get("saturation")
     return ScanStart(
         scan_id,
         frame_shape,
@@ -135,9 +141,10 @@ def _decode_start(head: Header, parts: Sequence[Part], scan_id: str) -> ScanStar
         float(field(head, "distance_m", (int, float), "native start")),
         float(field(head, "pixel_size_m", (int, float), "native start")),
         propagation(head.get("propagation", "far")),
-        head.get("expected_frames") if type(head.get("expected_frames")) is int else None,
+        expected,
         arrays.get("probe"),
         valid=None if valid is None else checked_mask(valid.astype(bool), frame_shape, "native start"),
+        saturation=saturation,
     )
 
 
@@ -157,6 +164,7 @@ def encode_start(start: ScanStart) -> list[Part]:
         "expected_frames": start.expected_frames,
         "probe": None if start.probe is None else {"shape": list(start.probe.shape), "dtype": "complex64"},
         "valid": None if start.valid is None else {"shape": list(start.valid.shape), "dtype": "uint8"},
+        "saturation": start.saturation,
     }
     parts: list[Part] = [_header("start", start.scan_id, fields)]
     if start.probe is not None:
