@@ -1,20 +1,22 @@
 """One Redis subscription per API process, fanned out to its event streams (SSE) through per-stream queues.
 
 A stream costs a queue, not a Redis connection: the number of open streams is bounded by the
-``max_event_streams`` setting only. The hub's reader reconnects after a Redis error (with backoff);
-while it is down, streams fall back to polling the job's state.
+``max_event_streams`` setting only. The hub's reader is a supervised loop (``service.supervise``): it
+reconnects after a Redis error with backoff and shows in health and metrics; while it is down, streams
+fall back to polling the job's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 
 import redis.asyncio
 
-log = logging.getLogger(__name__)
+from service.supervise import LOOPS, Backoff
+
+CLIENT_NAME = "ptychostream-events"
 QUEUE_EVENTS = 256
 """Events a slow stream may fall behind by; past that its oldest are dropped (a newer progress supersedes them)."""
 
@@ -81,24 +83,28 @@ class EventHub:
                 await self._task
 
     async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            client = redis.asyncio.Redis.from_url(self.url)
-            try:
-                pubsub = client.pubsub()
-                await pubsub.psubscribe(self.pattern)
-                self.connected.set()
-                delay = 0.5
-                async for message in pubsub.listen():
-                    if message["type"] == "pmessage":
-                        self._dispatch(message["channel"].decode(), message["data"])
-            except (redis.RedisError, OSError) as exc:
-                log.warning("event hub: %s; reconnecting in %.1f s", exc, delay)
-            finally:
-                self.connected.clear()
-                await client.aclose()
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 10.0)
+        """Listen until cancelled; a failure (Redis away, a dropped connection) is reported as the supervised
+        loop ``event-hub`` (health, metrics) and retried with backoff."""
+        health, backoff = LOOPS.register("event-hub"), Backoff()
+        try:
+            while True:
+                client = redis.asyncio.Redis.from_url(self.url, client_name=CLIENT_NAME)
+                try:
+                    pubsub = client.pubsub()
+                    await pubsub.psubscribe(self.pattern)
+                    self.connected.set()
+                    health.succeeded()
+                    async for message in pubsub.listen():
+                        if message["type"] == "pmessage":
+                            self._dispatch(message["channel"].decode(), message["data"])
+                except Exception as exc:
+                    health.failed(exc)
+                finally:
+                    self.connected.clear()
+                    await client.aclose()
+                await asyncio.sleep(backoff.pause(health.failures))
+        finally:
+            LOOPS.forget(health)
 
     def _dispatch(self, channel: str, data: bytes) -> None:
         job_id = channel[len(self.prefix) + len("job:") : -len(":events")]

@@ -20,7 +20,7 @@ function fmt(x, digits = 4) {
 class SignInNeeded extends Error {}
 
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, { cache: "no-store", signal: AbortSignal.timeout(10000) });
   if (r.status === 401) throw new SignInNeeded(url);
   if (!r.ok) throw new Error(`${url}: ${r.status}`);
   return r.json();
@@ -34,16 +34,16 @@ function askToSignIn() {
 
 $("login").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const r = await fetch("/api/session", {
-    method: "POST", headers: { Authorization: `Bearer ${$("token").value}` },
-  });
+  const token = $("token").value;
   $("token").value = "";
-  if (r.ok) {
+  try {
+    const r = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+    if (!r.ok) throw new Error(r.status === 401 ? "wrong token" : `sign-in failed: ${r.status}`);
     $("login").hidden = true;
     $("login-error").textContent = "";
     poll();
-  } else {
-    $("login-error").textContent = "wrong token";
+  } catch (err) {
+    $("login-error").textContent = err.message;
   }
 });
 
@@ -136,5 +136,8 @@ $("jobs").addEventListener("click", (e) => {
   const row = e.target.closest("tr");
   if (row) { pinned = true; follow(row.dataset.id); }
 });
-poll();
-setInterval(poll, 1000);
+// The next poll starts a second after the last one ended: a slow server never piles up requests.
+(async function loop() {
+  await poll();
+  setTimeout(loop, 1000);
+})();

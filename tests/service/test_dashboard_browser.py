@@ -50,7 +50,8 @@ def test_dashboard_shows_a_live_demo_reconstruction(settings: Settings, tmp_path
             page.wait_for_selector("#login:not([hidden])", timeout=30_000)
             page.fill("#token", "wrong-token-xxxxxxxx")
             page.click("#login button")
-            page.wait_for_function("document.getElementById('login-error').textContent === 'wrong token'")
+            page.wait_for_function("document.getElementById('login-error').textContent !== ''")
+            assert page.text_content("#login-error") == "wrong token"
             page.fill("#token", READ_TOKEN)
             page.click("#login button")
             page.wait_for_selector("#login", state="hidden", timeout=30_000)

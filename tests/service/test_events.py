@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 from fastapi import FastAPI
 
+from service.events import CLIENT_NAME
 from service.jobspec import spec_for
 from service.settings import Settings
 from service.store import JobState, JobStore
@@ -68,3 +69,37 @@ def test_many_streams_share_one_subscription(
     for names in asyncio.run(run()):
         assert names == ["state", "progress", "state"], names
     wait_for(lambda: app.state.hub.open == 0, 10, "every stream to give its place back")
+
+
+def test_the_shared_subscription_survives_a_dropped_connection(
+    settings: Settings, store: JobStore, serve: Callable[[Settings], tuple[str, FastAPI]]
+) -> None:
+    url, app = serve(settings)
+    job_id = queued_job(store, settings)
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            started: list[str] = []
+            stream = asyncio.create_task(follow(client, job_id, started))
+            await asyncio.wait_for(_until(lambda: bool(started) and app.state.hub.connected.is_set()), 10)
+            for entry in store.r.client_list():  # drop the hub's connection, as a Redis restart would
+                if entry["name"] == CLIENT_NAME:
+                    store.r.client_kill_filter(_id=entry["id"])
+            await asyncio.wait_for(_until(lambda: hub_failures(url) >= 1), 10)  # health saw it
+            await asyncio.wait_for(_until(lambda: app.state.hub.connected.is_set()), 10)
+            store.progress(job_id, {"iteration": 1}, loss=0.5)
+            store.transition(job_id, to=JobState.CANCELLED, message="test")
+            return await asyncio.wait_for(stream, 4)  # before the stream's 5 s fallback poll
+
+    assert asyncio.run(run()) == ["state", "progress", "state"]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.05)
+
+
+def hub_failures(url: str) -> int:
+    """The event hub's failed steps as the health reply shows them."""
+    loops = {loop["name"]: loop for loop in httpx.get(url + "/api/health").json()["loops"]}
+    return int(loops["event-hub"]["total_failures"])
