@@ -40,7 +40,7 @@ class BodyGuard:
         refusal = None
         if length is not None and (not length.isdigit() or int(length) > self.settings.max_body_bytes):
             refusal = self.too_large()
-        elif (chunked or (length or "0").strip("0")) and access(
+        elif (chunked or int(length or 0) > 0) and access(
             self.settings, bearer(headers.get("authorization")), None
         ) < Access.WRITE:
             refusal = refuse()

@@ -10,10 +10,9 @@ from typing import Any
 
 class Redactor:
     def __init__(self, data_root: Path, results_root: Path) -> None:
-        roots = ((data_root, ""), (results_root, "<results>" + os.sep))
-        # the longer root first: one may lie inside the other
-        pairs = [(str(root.resolve()) + os.sep, shown) for root, shown in roots]
-        self._pairs = sorted((p for p in pairs if p[0] != os.sep + os.sep), key=lambda p: -len(p[0]))
+        roots = [(root.resolve(), shown) for root, shown in ((data_root, ""), (results_root, "<results>" + os.sep))]
+        pairs = [(str(root) + os.sep, shown) for root, shown in roots if root != root.parent]  # never "/" itself
+        self._pairs = sorted(pairs, key=lambda p: -len(p[0]))  # the longer root first: one may lie in the other
 
     def text(self, text: str) -> str:
         for root, shown in self._pairs:

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
         default=12 * 3600.0, gt=0, le=30 * 86400, description="Lifetime of a dashboard session cookie."
     )
     max_event_streams: int = Field(
-        default=2000, ge=1, description="Open event streams (SSE) per API process; more are refused (503)."
+        default=1000,
+        ge=1,
+        description="Open event streams (SSE) per API process; more are refused (503). Each holds a socket: "
+        "the process needs that many file descriptors.",
     )
     stream_hosts: list[str] = Field(
         default=["127.0.0.1", "localhost"],
