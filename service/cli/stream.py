@@ -43,7 +43,7 @@ def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
     try:
         while not receiver.done.is_set():
             receiver.buffer.wait(0.1)
-            receiver.buffer.drain()
+            receiver.buffer.discard()
     finally:
         receiver.close()
     return receiver.counters()

@@ -137,6 +137,14 @@ class FrameBuffer:
         with self._cond:
             return self._cond.wait_for(lambda: len(self._items) > 0, timeout)
 
+    def discard(self) -> int:
+        """Drop every buffered frame (a consumer that only counts, as ``listen``); returns how many."""
+        with self._cond:
+            n = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return n
+
     def drain(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Take up to ``limit`` frames: indices (n,), frames (n, M, M), corners (n, 2) pixels.
 

@@ -119,7 +119,7 @@ def replay(
         raise ValueError(f"batch must be 1, or >= 1 with the native protocol (got {batch} with {kind})")
     dtype = wire_dtype(data)
     frames = np.clip(data.intensities, 0, None).astype(dtype)
-    translations = units.translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size)
+    translations = units.translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size).tolist()
     fmt = FORMATS[kind]
     separate = positions_endpoint is not None or not fmt.positions_in_frames
     rng = np.random.default_rng(faults.seed)
@@ -137,7 +137,7 @@ def replay(
     def send(s: zmq.Socket, parts: list[Part]) -> None:
         s.send_multipart(parts, copy=False)
         report.messages += 1
-        report.bytes += sum(len(memoryview(p).cast("B")) for p in parts)
+        report.bytes += sum(memoryview(p).nbytes for p in parts)
 
     pending: list[tuple[int, np.ndarray, bool]] = []
 
@@ -167,6 +167,7 @@ def replay(
     if separate:
         events += [(j + position_lag + 0.5, "position", j) for j in range(data.n_frames)]
     events.sort()
+    rolls = rng.uniform(size=(data.n_frames, 3)).tolist()  # drop, corrupt, duplicate: drawn at once, not per frame
     try:
         send(sock, fmt.encode_start(scan_start(data, scan_id, dtype)))
         report.started_s = time.time()
@@ -181,11 +182,11 @@ def replay(
                 delay = t0 + key / rate_hz - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            roll = rng.uniform(size=3)
+            roll = rolls[i]
             if roll[0] < faults.drop:
                 report.dropped.append(i)
                 continue
-            bad = bool(roll[1] < faults.corrupt)
+            bad = roll[1] < faults.corrupt
             if bad:
                 report.corrupted.append(i)
             pending.append((i, frames[i], bad))

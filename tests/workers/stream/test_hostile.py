@@ -137,29 +137,25 @@ def test_a_message_over_the_size_limit_is_counted_and_dropped() -> None:
     assert c["malformed"] == {"message size": 1} and c["received"] == 1 and c["missing"] == 4
 
 
-@pytest.mark.parametrize("compression", [None, "bslz4"])
+@pytest.mark.parametrize(("compression", "most"), [(None, 1), ("bslz4", 5)])
 def test_corrupt_frames_without_a_checksum_are_flagged_as_implausible(
-    small_scan: ScanData, compression: str | None
+    small_scan: ScanData, compression: str | None, most: int
 ) -> None:
-    """Stream v2 has no checksum: corrupt frames are caught by their decompression or by counts above the
-    saturation value the start declares (the virtual detector declares its bit depth); 36 frames corrupted."""
+    """Stream v2 has no checksum: of 34 corrupted frames (4 bytes flipped in each), at most ``most`` are accepted;
+    the others fail to decompress or hold counts above the saturation value the start declares (the virtual
+    detector declares its readout bit depth). Before the check, 39 of 43 raw and 13 of 43 bslz4 got through."""
     receiver = Receiver(ANY, idle_timeout_s=10).start()
+    faults = Faults(corrupt=0.43, seed=4)
     try:
-        report = replay(
-            small_scan,
-            receiver.endpoint,
-            kind=Protocol.DECTRIS_V2,
-            compression=compression,
-            faults=Faults(0, 0, 0, 0.43, 4),
-        )
+        report = replay(small_scan, receiver.endpoint, kind=Protocol.DECTRIS_V2, compression=compression, faults=faults)
         assert receiver.done.wait(20)
         c, index = receiver.counters(), set(receiver.buffer.drain()[0].tolist())
     finally:
         receiver.close()
     accepted = set(report.corrupted) & index
-    assert len(report.corrupted) == 36 and len(accepted) <= 5, (sorted(accepted), c["rejected"])
-    assert c["rejected"].get("saturation", 0) > 0
-    assert c["received"] == len(index) == small_scan.n_frames - sum(c["rejected"].values()) - c["missing"]
+    assert len(report.corrupted) == 34 and len(accepted) <= most, (sorted(accepted), c["rejected"])
+    assert compression or c["rejected"] == {"saturation": 33}
+    assert c["received"] == len(index) == small_scan.n_frames - c["frames_rejected"] - c["missing"]
 
 
 def test_a_source_stopped_before_any_frame_says_so() -> None:

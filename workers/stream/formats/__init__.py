@@ -23,7 +23,7 @@ class Format:
 
     decode: Callable[[Sequence[Part], Header | None, Expect], Message]
     encode_start: Callable[[ScanStart], list[Part]]
-    encode_frame: Callable[[str, int, np.ndarray, np.ndarray | None, str | None], list[Part]]
+    encode_frame: Callable[[str, int, np.ndarray, Sequence[float] | None, str | None], list[Part]]
     encode_end: Callable[[str, int | None], list[Part]]
     positions_in_frames: bool = True
 

@@ -132,7 +132,7 @@ def encode_start(start: ScanStart) -> list[Part]:
 
 
 def encode_frame(
-    scan_id: str, index: int, data: np.ndarray, position_m: np.ndarray | None, compression: str | None = None
+    scan_id: str, index: int, data: np.ndarray, position_m: Sequence[float] | None, compression: str | None = None
 ) -> list[Part]:
     """dimage-1.0, dimage_d-1.0, the (compressed) frame, dconfig-1.0; ``compression`` None, 'lz4' or 'bslz4'.
     v1 frames carry no position: ``position_m`` is ignored (it travels as a native position message)."""

@@ -198,7 +198,7 @@ def encode_start(start: ScanStart) -> list[Part]:
 
 
 def encode_frame(
-    scan_id: str, index: int, data: np.ndarray, position_m: np.ndarray | None, compression: str | None = None
+    scan_id: str, index: int, data: np.ndarray, position_m: Sequence[float] | None, compression: str | None = None
 ) -> list[Part]:
     """An image message; ``compression`` None, 'lz4' or 'bslz4'; the position in ``user_data``."""
     user = {} if position_m is None else {"position_m": [float(v) for v in position_m]}

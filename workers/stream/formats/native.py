@@ -11,6 +11,7 @@ import orjson
 
 from workers.stream.protocol import (
     ANY_FRAME,
+    FRAME_DTYPES,
     NATIVE,
     CorruptFrame,
     Expect,
@@ -37,6 +38,7 @@ from workers.stream.protocol import (
 
 VERSION = 1
 MAX_BATCH = 1024
+DTYPE_NAMES = {np.dtype(name): name for name in FRAME_DTYPES}  # ``dtype.name`` is a slow Python property
 
 
 def decode(parts: Sequence[Part], head: Header | None, expect: Expect = ANY_FRAME) -> Message:
@@ -175,15 +177,15 @@ def encode_start(start: ScanStart) -> list[Part]:
 
 
 def encode_frame(
-    scan_id: str, index: int, data: np.ndarray, position_m: np.ndarray | None, compression: str | None = None
+    scan_id: str, index: int, data: np.ndarray, position_m: Sequence[float] | None, compression: str | None = None
 ) -> list[Part]:
     """[JSON header, raw frame]; the frame part is the array's own buffer (send with copy=False).
     Native frames travel uncompressed: ``compression`` (the DECTRIS formats') is ignored."""
     data = np.ascontiguousarray(data)
     fields = {
         "index": index,
-        "position_m": None if position_m is None else [float(v) for v in position_m],
-        "dtype": data.dtype.name,
+        "position_m": None if position_m is None else list(map(float, position_m)),
+        "dtype": DTYPE_NAMES.get(data.dtype) or data.dtype.name,
         "shape": list(data.shape),
         "crc32c": crc32c.crc32c(data.data),
     }
@@ -191,7 +193,7 @@ def encode_frame(
 
 
 def encode_frames(
-    scan_id: str, indices: Sequence[int], frames: Sequence[np.ndarray], positions_m: Sequence[np.ndarray] | None
+    scan_id: str, indices: Sequence[int], frames: Sequence[np.ndarray], positions_m: Sequence[Sequence[float]] | None
 ) -> list[Part]:
     """[JSON header, frame 0, frame 1, ...]: one message for several frames of one shape and dtype."""
     data = [np.ascontiguousarray(f) for f in frames]
@@ -199,15 +201,15 @@ def encode_frames(
         raise ValueError("encode_frames: needs one index per frame and frames of one shape and dtype")
     fields = {
         "index": [int(i) for i in indices],
-        "position_m": None if positions_m is None else [[float(v) for v in p] for p in positions_m],
-        "dtype": data[0].dtype.name,
+        "position_m": None if positions_m is None else [list(map(float, p)) for p in positions_m],
+        "dtype": DTYPE_NAMES.get(data[0].dtype) or data[0].dtype.name,
         "shape": list(data[0].shape),
         "crc32c": [crc32c.crc32c(f.data) for f in data],
     }
     return [_header("frames", scan_id, fields), *(f.data for f in data)]
 
 
-def encode_position(scan_id: str, index: int, position_m: np.ndarray) -> list[Part]:
+def encode_position(scan_id: str, index: int, position_m: Sequence[float]) -> list[Part]:
     """A position message (any format's separate position stream)."""
     return [_header("position", scan_id, {"index": index, "position_m": [float(v) for v in position_m]})]
 
