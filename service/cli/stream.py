@@ -46,7 +46,8 @@ def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
             receiver.buffer.discard()
     finally:
         receiver.close()
-    return receiver.counters()
+    refused = receiver.refused()
+    return receiver.counters() | ({"refused": refused} if refused else {})
 
 
 def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:

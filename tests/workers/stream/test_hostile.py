@@ -4,6 +4,7 @@ start messages, absurd indices, oversized messages, corrupt frames without check
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from service.cli import main
 from workers.data import ScanData
 from workers.errors import DataError
 from workers.job import StreamLimits
@@ -100,6 +102,34 @@ def test_a_bad_start_is_refused_with_its_reason_and_the_scan_ends_cleanly(field:
     if field != "dtype":  # an unknown dtype is refused by the decoder, before any start exists
         with pytest.raises(DataError, match=f"start message was refused: native start: {field}"):
             StreamSource(receiver).first(lambda: False)
+
+
+def test_listen_reports_a_refused_start_and_exits_cleanly(capsys: pytest.CaptureFixture) -> None:
+    """``listen`` on a scan whose start has ``pixel_size_m: 0`` (it used to exit with an AssertionError)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    codes: list[int] = []
+    listener = threading.Thread(
+        target=lambda: codes.append(main(["listen", endpoint, "--json", "--idle-timeout", "10"]))
+    )
+    listener.start()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(endpoint)
+    for parts in [
+        native_start(pixel_size_m=0),
+        native.encode_frame("5", 0, FRAME, np.zeros(3)),
+        native.encode_end("5"),
+    ]:
+        push.send_multipart(parts)
+    listener.join(20)
+    push.close()
+    context.term()
+    out = json.loads(capsys.readouterr().out)
+    assert codes == [0] and out["malformed"] == {"InvalidStart": 1} and out["rejected"] == {"no start": 1}
+    assert out["refused"].startswith("native start: pixel_size_m must be a positive finite number, got 0")
 
 
 def test_a_start_over_the_limits_is_refused() -> None:
