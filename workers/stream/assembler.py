@@ -212,8 +212,8 @@ class Assembler:
             self._frame(msg)
         elif isinstance(msg, FrameBatch):
             self._arrived(sum(f.nbytes for f in msg.frames), now)
-            for exc in msg.corrupt:
-                self._reject(exc.index, exc.reason, exc.scan_id)
+            for bad in msg.corrupt:
+                self._reject(bad.index, bad.reason, bad.scan_id)
             for frame in msg.frames:
                 self._frame(frame)
         elif isinstance(msg, Position):

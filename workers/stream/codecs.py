@@ -52,7 +52,12 @@ class UnknownCodec(CodecError):
 
 
 def decode_array(
-    buffer: bytes | memoryview, shape: tuple[int, int], dtype: np.dtype, algorithm: str | None, *, raw_lz4: bool = False
+    buffer: bytes | bytearray | memoryview,
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    algorithm: str | None,
+    *,
+    raw_lz4: bool = False,
 ) -> np.ndarray:
     """``buffer`` as an array ``shape`` of ``dtype``: as it is (no copy; its size must fit) where ``algorithm``
     is None, else decompressed: 'bslz4', or 'lz4' (HDF5 framing; a bare block with ``raw_lz4``)."""
@@ -69,7 +74,7 @@ def decode_array(
     raise UnknownCodec(f"compression {algorithm!r}")
 
 
-def decompress_bslz4(buffer: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def decompress_bslz4(buffer: bytes | bytearray | memoryview, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Bitshuffle-LZ4 (HDF5 framing) -> array ``shape`` of ``dtype``; every size the buffer declares is checked
     before anything is inflated (``check_bslz4_blocks``)."""
     raw = np.frombuffer(buffer, dtype=np.uint8)
@@ -80,7 +85,7 @@ def decompress_bslz4(buffer: bytes | memoryview, shape: tuple[int, ...], dtype: 
     if total != expected or block_bytes <= 0 or block_bytes % (8 * dtype.itemsize):
         raise CodecError(f"bslz4: header says {total} bytes in blocks of {block_bytes}, frame needs {expected}")
     block = block_bytes // dtype.itemsize
-    check_bslz4_blocks(memoryview(raw)[HEADER.size :], total // dtype.itemsize, dtype.itemsize, block)
+    check_bslz4_blocks(raw[HEADER.size :].data, total // dtype.itemsize, dtype.itemsize, block)
     try:
         return bitshuffle.decompress_lz4(raw[HEADER.size :], shape, dtype, block)
     except (RuntimeError, ValueError) as exc:
@@ -116,7 +121,7 @@ def compress_bslz4(frame: np.ndarray, block_elements: int = 0) -> bytes:
     return HEADER.pack(frame.nbytes, block * frame.dtype.itemsize) + body.tobytes()
 
 
-def decompress_lz4_hdf5(buffer: bytes | memoryview, nbytes: int) -> bytes:
+def decompress_lz4_hdf5(buffer: bytes | bytearray | memoryview, nbytes: int) -> bytes:
     """LZ4 with the HDF5 framing -> ``nbytes`` bytes; the header's sizes are checked before any block is inflated
     (at most as many blocks as the buffer can hold, each inflating to at most its block)."""
     view = memoryview(buffer).cast("B")
@@ -155,7 +160,7 @@ def compress_lz4_hdf5(frame: np.ndarray, block_bytes: int = 1 << 30) -> bytes:
     return b"".join(parts)
 
 
-def decompress_lz4_raw(buffer: bytes | memoryview, nbytes: int) -> bytes:
+def decompress_lz4_raw(buffer: bytes | bytearray | memoryview, nbytes: int) -> bytes:
     """A bare LZ4 block (SIMPLON stream v1 ``lz4<``) -> ``nbytes`` bytes."""
     try:
         data = lz4.block.decompress(buffer, uncompressed_size=nbytes)
