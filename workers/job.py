@@ -62,34 +62,34 @@ class StreamLimits(_Strict):
     counted as rejected with its reason (PROTOCOL.md)."""
 
     buffer_frames: int = Field(
-        default=4096, ge=1, le=1_000_000, description="Frames buffered for the engine; when full, reading pauses."
+        default=4096, ge=1, le=100_000, description="Frames buffered for the engine; when full, reading pauses."
     )
     waiting_frames: int = Field(
-        default=4096, ge=1, le=1_000_000, description="Frames held for their positions; more: 'waiting full'."
+        default=4096, ge=1, le=100_000, description="Frames held for their positions; more: 'waiting full'."
     )
     waiting_positions: int = Field(
-        default=1_000_000, ge=1, le=100_000_000, description="Positions held for their frames; more are ignored."
+        default=1_000_000, ge=1, le=10_000_000, description="Positions held for their frames; more are ignored."
     )
     max_frames: int = Field(
         default=1_000_000,
         ge=1,
-        le=1 << 31,
+        le=100_000_000,
         description="Frames per scan (and the most a start may declare): higher indices are rejected ('index').",
     )
     max_frame_bytes: int = Field(
         default=256 << 20,
         ge=1024,
-        le=1 << 34,
+        le=1 << 30,
         description="Largest decoded frame: a start declaring larger frames is refused, a frame is rejected unread.",
     )
     max_message_bytes: int = Field(
         default=256 << 20,
         ge=1024,
-        le=1 << 34,
+        le=1 << 30,
         description="Largest message (and message part) on the wire; larger ones are dropped unread.",
     )
     queue_messages: int = Field(
-        default=1000, ge=1, le=100_000, description="Messages ZeroMQ may queue ahead of the receiver (RCVHWM)."
+        default=1000, ge=1, le=10_000, description="Messages ZeroMQ may queue ahead of the receiver (RCVHWM)."
     )
 
 

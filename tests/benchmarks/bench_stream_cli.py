@@ -1,14 +1,15 @@
 """Stream benchmark through the command line (run by hand): end-to-end ingest, and the receiver's memory under
 hostile streams.
 
-    .venv/bin/python tests/benchmarks/bench_stream_cli.py [--frames 20000] [--repeats 5] [--batch 1]
+    .venv/bin/python tests/benchmarks/bench_stream_cli.py [--frames 20000] [--repeats 5] [--batch 1] [--before DIR]
 
 Ingest: a CXI file of ``--frames`` frames of 128x128 uint16 (Poisson counts) is replayed by
 ``ptychostream replay`` (native, as fast as it can) into ``ptychostream listen`` (its own
 process, draining what arrives), both on this machine over loopback TCP. The rate is the
 listener's (first to last frame received); zero loss means every frame received, none
 rejected, missing or duplicated. Runs are repeated and the median reported, in one run of
-this script.
+this script; with ``--before DIR`` (a checkout of an earlier commit, e.g. ``git archive REV | tar
+-x -C DIR``) its CLI runs too, alternating with this one's, for a before/after comparison.
 Hostile: ``listen`` (default limits) is sent (a) a SIMPLON stream v2 start for 128x128 uint16
 frames and one bitshuffle-LZ4 frame that declares 16384x16384 uint16 (512 MiB inflated, 3 MB on
 the wire), (b) a SIMPLON v1 start and 6,000 frames without positions on the one socket, (c) the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -38,6 +40,7 @@ from workers.stream.protocol import Part, ScanStart
 
 CLI = [sys.executable, "-m", "service.cli"]
 SIZE = 128
+HERE = Path(__file__).resolve().parents[2]
 
 
 def free_endpoint() -> str:
@@ -59,9 +62,14 @@ def scan_file(folder: Path, n: int) -> Path:
     return path
 
 
-def listen(endpoint: str, idle_s: float) -> subprocess.Popen[str]:
+def listen(endpoint: str, idle_s: float, tree: Path = HERE) -> subprocess.Popen[str]:
     argv = [*CLI, "listen", endpoint, "--json", "--idle-timeout", str(idle_s)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=tree, env=with_path(tree))
+
+
+def with_path(tree: Path) -> dict[str, str]:
+    """The environment that makes ``python -m service.cli`` the one of ``tree``."""
+    return os.environ | {"PYTHONPATH": str(tree)}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -86,15 +94,17 @@ def finish(proc: subprocess.Popen[str]) -> tuple[dict, float]:
     return json.loads(out), peak
 
 
-def ingest(path: Path, n: int, batch: int) -> dict[str, float]:
+def ingest(path: Path, n: int, batch: int, tree: Path = HERE) -> dict[str, float]:
     endpoint = free_endpoint()
-    receiver = listen(endpoint, 120)  # the sender reads the file first
+    receiver = listen(endpoint, 120, tree)  # the sender reads the file first
     time.sleep(1.0)  # the listener binds (the sender would wait for it anyway: PUSH queues until connected)
     sent = subprocess.run(
         [*CLI, "replay", str(path), "--to", endpoint, "--batch", str(batch), "--json"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=tree,
+        env=with_path(tree),
     )
     c, _ = finish(receiver)
     report = json.loads(sent.stdout)
@@ -135,18 +145,24 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1, help="frames per native message (replay --batch)")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit: its CLI runs too, alternating")
     parser.add_argument("--skip-hostile", action="store_true")
     args = parser.parse_args()
+    trees = {"this tree": HERE} | ({"before": args.before.resolve()} if args.before else {})
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         path = scan_file(Path(tmp), args.frames)
-        runs = [ingest(path, args.frames, args.batch) for _ in range(args.repeats)]
-    fps, sender = [r["fps"] for r in runs], [r["sender_fps"] for r in runs]
+        for k in range(args.repeats):
+            for name in list(trees)[:: 1 if k % 2 == 0 else -1]:
+                runs[name].append(ingest(path, args.frames, args.batch, trees[name]))
     print(f"ingest: replay -> listen, {args.frames} frames of 128x128 uint16, native, {args.batch} frame(s)/message")
-    print("| frames/s received (median) | runs | sender frames/s (median) | zero loss |")
-    print("|---|---|---|---|")
-    spread = " / ".join(f"{f:.0f}" for f in fps)
-    lossless = all(r["lossless"] for r in runs)
-    print(f"| {statistics.median(fps):.0f} | {spread} | {statistics.median(sender):.0f} | {lossless} |")
+    print("| tree | frames/s received (median) | runs | sender frames/s (median) | zero loss |")
+    print("|---|---|---|---|---|")
+    for name, done in runs.items():
+        fps, sender = [r["fps"] for r in done], [r["sender_fps"] for r in done]
+        spread = " / ".join(f"{f:.0f}" for f in fps)
+        lossless = all(r["lossless"] for r in done)
+        print(f"| {name} | {statistics.median(fps):.0f} | {spread} | {statistics.median(sender):.0f} | {lossless} |")
     if args.skip_hostile:
         return
     print("\nhostile streams into `listen` (default limits): peak RSS of the listener")
