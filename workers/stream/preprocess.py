@@ -114,13 +114,11 @@ class Preprocessor:
         dark, valid = self.references(frame.shape)
         crop = frame[rows, cols]
         if crop.dtype.kind == "u" and not self.converts:
+            self._plausible(crop, valid)
             if valid is not None:
-                out = np.where(valid, crop, 0)
-                self._plausible(out)
-                return out
-            self._plausible(crop)
+                return np.where(valid, crop, 0)
             return crop if crop.shape == frame.shape else crop.copy()
-        self._plausible(crop if valid is None else np.where(valid, crop, 0))
+        self._plausible(crop, valid)
         out = crop.astype(np.float32)
         if crop.dtype.kind == "f" and not np.isfinite(out).all():
             raise Rejected("non-finite", f"{int((~np.isfinite(out)).sum())} NaN or infinite pixels")
@@ -137,14 +135,16 @@ class Preprocessor:
             out = remove_zingers(out, self.zinger)
         return _bin(out, self.binning) if self.binning > 1 else out
 
-    def _plausible(self, counts: np.ndarray) -> None:
-        """Reject a frame whose valid pixels (``counts``, bad ones zeroed) exceed the saturation value."""
+    def _plausible(self, crop: np.ndarray, valid: np.ndarray | None) -> None:
+        """Reject a frame whose valid pixels in the window exceed the saturation value (one ``max`` when none do)."""
         limit = self.saturation
-        if limit is None or not counts.size or counts.max() <= limit:
+        if limit is None or not crop.size or crop.max() <= limit:
             return
-        above = counts > limit
-        if counts.dtype.kind == "u":
-            above &= counts != np.iinfo(counts.dtype).max
+        above = crop > limit
+        if valid is not None:
+            above &= valid
+        if crop.dtype.kind == "u":
+            above &= crop != np.iinfo(crop.dtype).max
         if above.any():
             raise Rejected("saturation", f"{int(above.sum())} pixels above the detector's saturation value {limit}")
 

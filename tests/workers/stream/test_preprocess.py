@@ -72,3 +72,19 @@ def test_a_mask_that_does_not_fit_the_detector_rejects_frames() -> None:
     with pytest.raises(Rejected) as err:
         pre(np.zeros((8, 8), np.uint16))
     assert err.value.reason == "shape" and "valid-pixel mask" in str(err.value)
+
+
+@pytest.mark.parametrize("hot", [None, 1000.0])  # the raw-count path, and the float path (a correction is set)
+def test_counts_above_the_saturation_value_reject_the_frame(hot: float | None) -> None:
+    """Above 100 in a valid pixel of the window: rejected; in a bad pixel, outside the crop, or at the dtype's
+    largest value (a detector's invalid-pixel marker): not."""
+    valid = np.ones((8, 8), bool)
+    valid[2, 2] = False
+    pre = Preprocessor(valid=valid, size=6, saturation=100, hot=hot)
+    frame = np.full((8, 8), 7, np.uint16)
+    frame[2, 2], frame[0, 0], frame[4, 4] = 5000, 5000, 65535
+    assert pre(frame).shape == (6, 6)
+    frame[3, 5] = 101
+    with pytest.raises(Rejected) as err:
+        pre(frame)
+    assert err.value.reason == "saturation" and "1 pixels above" in str(err.value)

@@ -237,3 +237,20 @@ def test_v1_start_reads_the_mask_after_binary_parts_that_look_like_json() -> Non
     start = decode([parts[0], json.dumps(config).encode(), flat_desc, flat, *parts[2:]])
     assert isinstance(start, p.ScanStart) and start.valid is not None and start.expected_frames is None
     assert sorted(zip(*np.nonzero(~start.valid), strict=True)) == [(2, 5), (4, 0)]
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 1), (64, 129)])
+def test_bslz4_round_trips_odd_sizes_and_refuses_bad_block_sizes(shape: tuple[int, int]) -> None:
+    """Every block size the walk checks (full blocks, a last multiple of 8, a raw leftover) as bitshuffle writes
+    them; a block that declares more than the data holds, or a truncated body, is a CodecError (never a read past
+    the buffer)."""
+    frame = np.random.default_rng(0).integers(0, 300, shape).astype(np.uint16)
+    for block in (0, 8, 64):
+        blob = codecs.compress_bslz4(frame, block)
+        np.testing.assert_array_equal(codecs.decompress_bslz4(blob, shape, frame.dtype), frame)
+    body = bytearray(codecs.compress_bslz4(frame, 8))
+    with pytest.raises(codecs.CodecError):
+        codecs.decompress_bslz4(bytes(body[:-1]), shape, frame.dtype)
+    body[12:16] = (len(body)).to_bytes(4, "big")
+    with pytest.raises(codecs.CodecError):
+        codecs.decompress_bslz4(bytes(body), shape, frame.dtype)
