@@ -101,10 +101,8 @@ class StreamSource:
             if should_stop():
                 raise StoppedBeforeFrames(f"stream {receiver.endpoint}: stopped before any usable frame arrived")
             c, refused = receiver.counters(), receiver.refused()
-            why = f"its start message was refused: {refused}" if scan is None and refused else "no usable frames"
-            raise DataError(
-                f"stream {receiver.endpoint}: ended with {why} (rejected {c['rejected']}, malformed {c['malformed']})"
-            )
+            why = f"start message refused: {refused}" if scan is None and refused else "ended without usable frames"
+            raise DataError(f"stream {receiver.endpoint}: {why} (rejected {c['rejected']}, malformed {c['malformed']})")
         self._geometry, self._mask = scan.geometry, scan.mask
         self._seen.append((index, frames, corners))
         return ScanData(frames, corners, scan.geometry, scan.mask, scan.probe, receiver.endpoint)

@@ -100,7 +100,7 @@ def test_a_bad_start_is_refused_with_its_reason_and_the_scan_ends_cleanly(field:
     assert refused is not None and field in refused
     assert c["malformed"] in ({"InvalidStart": 1}, {"UnknownEncoding": 1}) and c["rejected"] == {"no start": 3}
     if field != "dtype":  # an unknown dtype is refused by the decoder, before any start exists
-        with pytest.raises(DataError, match=f"start message was refused: native start: {field}"):
+        with pytest.raises(DataError, match=f"start message refused: native start: {field}"):
             StreamSource(receiver).first(lambda: False)
 
 
