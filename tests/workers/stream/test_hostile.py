@@ -142,6 +142,18 @@ def test_a_start_over_the_limits_is_refused() -> None:
     assert c["malformed"] == {"InvalidStart": 1} and "over the 1000 frames" in (receiver.refused() or "")
 
 
+def test_positions_waiting_for_their_frames_are_bounded() -> None:
+    """30 positions before their SIMPLON v1 frames, 10 may wait: 10 frames are joined, the other positions are
+    ignored (``positions full``) and their frames rejected at the end (``no position``); a position of frame
+    2**40 is ignored too (``position index``)."""
+    positions = [native.encode_position("5", i, np.zeros(3)) for i in [*range(30), 2**40]]
+    frames = [dectris_v1.encode_frame("5", i, FRAME, None, None) for i in range(30)]
+    limits = StreamLimits(waiting_positions=10)
+    _, c = send_all(limits, [dectris_v1.encode_start(START), *positions, *frames, dectris_v1.encode_end("5")])
+    assert c["received"] == 10 and c["rejected"] == {"no position": 20}
+    assert c["malformed"] == {"positions full": 20, "position index": 1}
+
+
 def test_an_absurd_frame_index_is_rejected_and_missing_stays_bounded() -> None:
     """No declared count: an index of 2**62 is rejected (``index``) and does not count 4.6e18 frames missing;
     nor does an end that claims 2**62 frames sent."""
