@@ -7,7 +7,6 @@ for a live stream, the frames received (a file job re-reads its input file inste
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.atomic import replacing
 from workers.data import Geometry, ScanData
 from workers.errors import DataError
 from workers.io import write_result
@@ -56,9 +56,8 @@ class Checkpoint:
             }
             if self.scan.mask is not None:
                 arrays["mask"] = self.scan.mask
-        tmp = Path(f"{path}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:

@@ -12,7 +12,6 @@ conversion is in ``workers.units``.
 from __future__ import annotations
 
 import bz2
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 
 from workers import layout
+from workers.atomic import replacing
 from workers.data import Geometry, ScanData
 from workers.errors import DataError
 from workers.units import (
@@ -239,10 +239,9 @@ def write_result(
 ) -> None:
     """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes.
 
-    Atomic: written beside ``path`` and renamed over it, so a reader never sees half a file.
+    Atomic and durable (``workers.atomic``): a reader never sees half a file.
     """
-    tmp = Path(f"{path}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f["object"] = state["object"].astype(np.complex64)
         f["probe"] = state["probe"].astype(np.complex64)
         f["positions"] = state["positions"].astype(np.float64)
@@ -251,7 +250,6 @@ def write_result(
         f["history/time_s"] = np.asarray(time_s, dtype=np.float64)
         for key, value in attrs.items():
             f.attrs[key] = value
-    os.replace(tmp, path)
 
 
 def result_load_options(attrs: Mapping[str, Any]) -> dict[str, Any]:

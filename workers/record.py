@@ -163,6 +163,6 @@ class RunRecord:
         saved = self.checkpoint()
         if self.hooks.autosave is not None and self.hooks.autosave.checkpoint is not None:
             saved.save(self.hooks.autosave.checkpoint)
-        all_attrs = {**saved.attrs, **attrs, "complete": True}
+        all_attrs = {**saved.attrs, **attrs, "complete": not self.stopped}
         all_attrs.pop("stage_epochs")
         return Result(result_state(saved.state, saved.frame_index), saved.loss, saved.time_s, all_attrs)
