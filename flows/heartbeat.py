@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
-from service.flow_api import JobStore, Settings, TransitionError
+from service.flow_api import TERMINAL, JobState, JobStore, Settings, TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ class Heartbeat:
                     log.exception("heartbeat of job %s: a beat failed; trying again at the next", self.job_id)
 
     def _check_cancel(self) -> None:
-        if self.store.cancel_requested(self.job_id):
+        """Stop the job when cancelling was requested, or when it has ended meanwhile (the lease reaper failed it
+        while this worker could not reach the store)."""
+        if self.store.cancel_requested(self.job_id) or JobState(self.store.get(self.job_id)["state"]) in TERMINAL:
             self.cancel.set()
 
     def _renew(self) -> None:
@@ -102,5 +105,5 @@ def job_heartbeat(job_id: str) -> Iterator[Heartbeat]:
         return
     settings = Settings()
     store = JobStore.connect(settings.redis_url, settings.key_prefix)
-    with beating(Heartbeat(store, job_id, settings, worker="flow")) as beat:
+    with beating(Heartbeat(store, job_id, settings, worker=f"flow-{uuid.uuid4().hex[:8]}")) as beat:
         yield beat

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.heartbeat import Heartbeat, job_heartbeat
 from flows.reporter import JobReporter
-from service.flow_api import JobState, JobStore
+from service.flow_api import JobState, JobStore, persist
 from workers.concurrency import share_cores
 from workers.job import FileInput, JobSpec
 
@@ -24,9 +24,15 @@ class InputError(ValueError):
 
 
 @task(cache_policy=NO_CACHE)
-def validate_input(store: JobStore, job_id: str, worker: str, lease_s: float) -> JobSpec:
-    """Claim the job if still queued (a deployment run); the stored spec, with a file input that exists."""
+def claim(store: JobStore, job_id: str, worker: str, lease_s: float) -> None:
+    """Claim the job if still queued (a deployment run); refuse (TransitionError) one that another worker runs
+    or that has ended, leaving its state alone."""
     store.take(job_id, worker=worker, lease_s=lease_s)
+
+
+@task(cache_policy=NO_CACHE)
+def validate_input(store: JobStore, job_id: str) -> JobSpec:
+    """The stored spec, with a file input that exists and an output folder."""
     spec = store.spec(job_id)
     if isinstance(spec.input, FileInput) and not Path(spec.input.file).is_file():
         raise InputError(f"input file not found: {spec.input.file}")
@@ -40,11 +46,19 @@ def reconstruct_job(beat: Heartbeat, spec: JobSpec) -> dict[str, Any]:
     return JobReporter(beat).run(spec)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+RECORD_PATIENCE_S = 300.0  # how long a finished job's worker keeps trying to record it while the store is away
+
+
+@task(cache_policy=NO_CACHE)
 def record(store: JobStore, job_id: str, state: JobState, message: str) -> None:
-    """Move the job to its final state (idempotent: a job already there is left alone)."""
-    if store.get(job_id)["state"] != state.value:
-        store.transition(job_id, to=state, message=message)
+    """Move the job to its final state (idempotent: a job already there is left alone), trying again while the
+    store is unreachable (the heartbeat keeps the lease meanwhile, once the store is back)."""
+
+    def once() -> None:
+        if store.get(job_id)["state"] != state.value:
+            store.transition(job_id, to=state, message=message)
+
+    persist(once, what=f"job {job_id}: record {state.value}", patience_s=RECORD_PATIENCE_S)
 
 
 @flow(flow_run_name="recon-{job_id}", log_prints=True)
@@ -53,10 +67,16 @@ def reconstruct(job_id: str) -> str:
     share_cores()
     with job_heartbeat(job_id) as beat:
         store = beat.store
+        claim(store, job_id, beat.worker, beat.settings.lease_s)
         try:
-            spec = validate_input(store, job_id, beat.worker, beat.settings.lease_s)
+            spec = validate_input(store, job_id)
             attrs = reconstruct_job(beat, spec)
         except Exception as exc:
+            from workers.sources import StoppedBeforeFrames  # loaded by the run (torch): not at import
+
+            if isinstance(exc, StoppedBeforeFrames):  # a live scan cancelled before its first frame: no result
+                record(store, job_id, JobState.CANCELLED, f"{exc}; no result")
+                return JobState.CANCELLED.value
             record(store, job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
             raise
         stopped = bool(attrs.get("stopped"))

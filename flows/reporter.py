@@ -5,11 +5,17 @@ Torch-free at import; the worker runtime is imported inside ``run``.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from flows.heartbeat import Heartbeat
 from workers.job import JobSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from workers.previews import Preview
@@ -18,7 +24,10 @@ if TYPE_CHECKING:
 
 
 class JobReporter:
-    """Reports one claimed job into the store through the runtime's hooks; stopped by its heartbeat's ``cancel``."""
+    """Reports one claimed job into the store through the runtime's hooks; stopped by its heartbeat's ``cancel``.
+
+    Reports are best effort: while the store is unreachable they are dropped (counted, logged once per outage)
+    and the reconstruction goes on; the result file keeps the whole history."""
 
     def __init__(self, beat: Heartbeat) -> None:
         self.beat, self.store, self.job_id = beat, beat.store, beat.job_id
@@ -26,6 +35,20 @@ class JobReporter:
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
         self._frames: tuple[float, int] = (self._started, 0)
+        self.dropped = 0
+
+    def _report(self, call: Callable[[], None]) -> None:
+        """Send one report to the store; drop it (counted) if the store is unreachable."""
+        try:
+            call()
+        except redis.RedisError as exc:
+            if self.dropped == 0:
+                log.warning("job %s: the store is unreachable (%s); dropping progress reports", self.job_id, exc)
+            self.dropped += 1
+            return
+        if self.dropped:
+            log.warning("job %s: the store is back; %d progress reports were dropped", self.job_id, self.dropped)
+            self.dropped = 0
 
     def run(self, spec: JobSpec) -> dict[str, Any]:
         """Run ``spec`` to its result file; returns the result's attributes (``stopped`` when cancelled)."""
@@ -53,8 +76,8 @@ class JobReporter:
 
     def _on_listening(self, receiver: Receiver) -> None:
         self.beat.listen(lambda: self._publish_frames(receiver))
-        self.store.progress(self.job_id, {"listening": receiver.endpoint})
-        self.store.log(self.job_id, f"listening on {receiver.endpoint}")
+        self._report(lambda: self.store.progress(self.job_id, {"listening": receiver.endpoint}))
+        self._report(lambda: self.store.log(self.job_id, f"listening on {receiver.endpoint}"))
 
     def _on_progress(self, p: Progress) -> None:
         now = time.perf_counter()
@@ -75,7 +98,7 @@ class JobReporter:
             "iteration_rate": round(self._rate, 3),
             "eta_s": round(remaining / self._rate, 1) if self._rate > 0 else -1,
         }
-        self.store.progress(self.job_id, values, loss=p.loss)
+        self._report(lambda: self.store.progress(self.job_id, values, loss=p.loss))
 
     def _on_preview(self, preview: Preview) -> None:
-        self.store.put_preview(self.job_id, preview.png, iteration=preview.iteration)
+        self._report(lambda: self.store.put_preview(self.job_id, preview.png, iteration=preview.iteration))

@@ -8,7 +8,7 @@ import threading
 
 from flows.heartbeat import Heartbeat, beating
 from flows.reconstruct import reconstruct
-from service.flow_api import JobStore, Settings
+from service.flow_api import JobStore, Settings, supervise
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +20,20 @@ def worker_name() -> str:
 def serve_queue(settings: Settings, *, stop: threading.Event, name: str | None = None) -> None:
     """Run queued jobs one after another until ``stop`` is set (checked at least every second).
 
-    A job's heartbeat beats from its claim to the end of its flow run; when ``stop`` is set (the worker shuts
-    down) it asks the job to stop: it ends cancelled, its partial result kept."""
+    The loop is supervised (``service.supervise``): a store outage pauses it with backoff, never ends it. A job's
+    heartbeat beats from its claim to the end of its flow run; when ``stop`` is set (the worker shuts down) it
+    asks the job to stop: it ends cancelled, its partial result kept."""
     from workers.devices import resolve_device
 
     store = JobStore.connect(settings.redis_url, settings.key_prefix)
     name = name or worker_name()
     device = str(resolve_device("auto"))
-    while not stop.is_set():
+
+    def step() -> None:
         store.announce(name, {"device": device, "job": ""}, ttl_s=settings.lease_s)
         job_id = store.claim(worker=name, lease_s=settings.lease_s, timeout_s=1)
         if job_id is None:
-            continue
+            return
         store.announce(name, {"device": device, "job": job_id}, ttl_s=settings.lease_s)
         beat = Heartbeat(store, job_id, settings, worker=name, device=device, stop=stop)
         try:
@@ -39,3 +41,5 @@ def serve_queue(settings: Settings, *, stop: threading.Event, name: str | None =
                 reconstruct(job_id=job_id)
         except Exception:  # recorded as failed by the flow and by Prefect; the worker goes on
             log.exception("job %s failed", job_id)
+
+    supervise(f"worker {name}", step, stop=stop)

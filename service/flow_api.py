@@ -9,6 +9,7 @@ contract) and the flows use it, with the settings, through this one door, so nei
 from __future__ import annotations
 
 from service.settings import Settings
-from service.store import JobState, JobStore, TransitionError
+from service.store import TERMINAL, JobState, JobStore, TransitionError
+from service.supervise import persist, supervise
 
-__all__ = ["JobState", "JobStore", "Settings", "TransitionError"]
+__all__ = ["TERMINAL", "JobState", "JobStore", "Settings", "TransitionError", "persist", "supervise"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -77,11 +77,24 @@ class WorkerPublic(BaseModel):
     job: str
 
 
+class LoopPublic(BaseModel):
+    """A supervised background loop of the answering process (``service.supervise``)."""
+
+    name: str
+    healthy: bool
+    failures: int = Field(description="Failed steps in a row (0: healthy).")
+    total_failures: int
+    last_ok: float | None = Field(description="Unix time of its last good step.")
+    last_error: str
+
+
 class Health(BaseModel):
-    status: str
+    status: Literal["ok", "degraded"] = Field(description="'degraded' (HTTP 503) when any problem is listed.")
     redis: bool
     queue_depth: int
     workers: list[WorkerPublic]
+    loops: list[LoopPublic]
+    problems: list[str] = Field(description="Why the service cannot run jobs now: store, workers, loops.")
 
 
 def job_public(raw: dict[str, str], redactor: Redactor) -> JobPublic:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from workers.atomic import remove_temporary
 from workers.job import JobSpec
 
 
@@ -38,21 +39,91 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 LOG_LINES = 1000
+STORE_TIMEOUT_S = 10.0  # a store call that hangs (a stopped server, a partition) fails after this, never blocks
+DOORBELL_RINGS = 100  # the doorbell list wakes idle workers; longer than this it only repeats itself
 
-# KEYS: job hash, from-set prefix, to-set, events channel. ARGV: to, message, now, allowed-from states...
+# The state machine's steps, each one Lua script (atomic in Redis). Keys are built from the prefix (ARGV[1])
+# as ``JobStore.key`` builds them; ``move`` changes a job's state, its state sets, its log and publishes.
+_LUA_LIB = """
+local prefix, now, stamp, log_lines = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local function job_key(id, ...)
+  local key = prefix .. 'job:' .. id
+  for _, part in ipairs({...}) do key = key .. ':' .. part end
+  return key
+end
+local function log(id, line)
+  redis.call('RPUSH', job_key(id, 'logs'), stamp .. ' ' .. line)
+  redis.call('LTRIM', job_key(id, 'logs'), -log_lines, -1)
+end
+local function move(id, cur, to, message)
+  redis.call('HSET', job_key(id), 'state', to, 'message', message, 'updated', now)
+  redis.call('SREM', prefix .. 'state:' .. cur, id)
+  redis.call('SADD', prefix .. 'state:' .. to, id)
+  redis.call('PUBLISH', job_key(id, 'events'), cjson.encode({event='state', state=to, message=message}))
+  local line = 'state ' .. cur .. ' -> ' .. to
+  if message ~= '' then line = line .. ': ' .. message end
+  log(id, line)
+end
+local function start(id, cur, worker, lease_ms)
+  redis.call('SET', job_key(id, 'lease'), worker, 'PX', lease_ms)
+  redis.call('HSET', job_key(id), 'worker', worker)
+  move(id, cur, 'running', 'claimed by ' .. worker)
+end
+"""
+
+# ARGV[5..]: job id, to, message, allowed-from states...  ->  'missing' | 'ok:<old>' | 'refused:<old>'
 _TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'state')
+local id, to, message = ARGV[5], ARGV[6], ARGV[7]
+local cur = redis.call('HGET', job_key(id), 'state')
 if not cur then return 'missing' end
-for i = 4, #ARGV do
-  if ARGV[i] == cur then
-    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'message', ARGV[2], 'updated', ARGV[3])
-    redis.call('SREM', KEYS[2] .. cur, redis.call('HGET', KEYS[1], 'id'))
-    redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-    redis.call('PUBLISH', KEYS[4], cjson.encode({event='state', state=ARGV[1], message=ARGV[2]}))
-    return 'ok:' .. cur
-  end
+for i = 8, #ARGV do
+  if ARGV[i] == cur then move(id, cur, to, message) return 'ok:' .. cur end
 end
 return 'refused:' .. cur
+"""
+
+# ARGV[5..]: worker, lease ms  ->  the id of the oldest queued job, now running under the worker's lease; or false
+_CLAIM = """
+local worker, lease_ms = ARGV[5], ARGV[6]
+local id = redis.call('LPOP', prefix .. 'queue')
+while id do
+  local cur = redis.call('HGET', job_key(id), 'state')
+  if cur == 'queued' then start(id, cur, worker, lease_ms) return id end
+  id = redis.call('LPOP', prefix .. 'queue')
+end
+return false
+"""
+
+# ARGV[5..]: job id, worker, lease ms  ->  'missing' | 'taken' | 'held:<worker>' | 'refused:<state>'
+_TAKE = """
+local id, worker, lease_ms = ARGV[5], ARGV[6], ARGV[7]
+local cur = redis.call('HGET', job_key(id), 'state')
+if not cur then return 'missing' end
+if cur == 'queued' then
+  redis.call('LREM', prefix .. 'queue', 0, id)
+  start(id, cur, worker, lease_ms)
+  return 'taken'
+end
+if cur == 'running' then return 'held:' .. (redis.call('HGET', job_key(id), 'worker') or '') end
+return 'refused:' .. cur
+"""
+
+# ARGV[5]: job id  ->  'missing' | 'queued' (now cancelled) | 'running' (its worker is asked to stop) | 'final:<state>'
+_CANCEL = """
+local id = ARGV[5]
+local cur = redis.call('HGET', job_key(id), 'state')
+if not cur then return 'missing' end
+if cur == 'queued' then
+  redis.call('LREM', prefix .. 'queue', 0, id)
+  move(id, cur, 'cancelled', 'cancelled while queued')
+  return cur
+end
+if cur == 'running' then
+  redis.call('SET', job_key(id, 'cancel'), 1)
+  log(id, 'cancel requested')
+  return cur
+end
+return 'final:' .. cur
 """
 
 
@@ -69,17 +140,26 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.r, self.prefix = client, prefix
-        self._transition = client.register_script(_TRANSITION)
+        self._scripts = {
+            name: client.register_script(_LUA_LIB + body)
+            for name, body in (("transition", _TRANSITION), ("claim", _CLAIM), ("take", _TAKE), ("cancel", _CANCEL))
+        }
 
     @classmethod
     def connect(cls, url: str, prefix: str) -> JobStore:
-        return cls(redis.Redis.from_url(url), prefix)
+        return cls(redis.Redis.from_url(url, socket_timeout=STORE_TIMEOUT_S, socket_connect_timeout=2.0), prefix)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     def channel(self, job_id: str) -> str:
         return self.key("job", job_id, "events")
+
+    def _run(self, script: str, *args: str | float | int) -> str | None:
+        """Run one of the state machine's Lua scripts (their common arguments first); its reply as text."""
+        common = (self.prefix, time.time(), time.strftime("%Y-%m-%dT%H:%M:%S"), LOG_LINES)
+        out = self._scripts[script](keys=[], args=[*common, *args])
+        return None if out is None else out.decode()
 
     @staticmethod
     def new_id() -> str:
@@ -106,6 +186,8 @@ class JobStore:
         pipe.sadd(self.key("state", JobState.QUEUED.value), job_id)
         pipe.zadd(self.key("jobs"), {job_id: now})
         pipe.rpush(self.key("queue"), job_id)
+        pipe.rpush(self.key("doorbell"), 1)
+        pipe.ltrim(self.key("doorbell"), -DOORBELL_RINGS, -1)
         pipe.execute()
         return job_id
 
@@ -137,39 +219,36 @@ class JobStore:
     def transition(self, job_id: str, *, to: JobState, message: str = "") -> JobState:
         """Move a job to ``to`` if the state machine allows it from its current state; returns the old state."""
         allowed = [s.value for s, nxt in TRANSITIONS.items() if to in nxt]
-        keys = [self.key("job", job_id), self.key("state", ""), self.key("state", to.value), self.channel(job_id)]
-        out = self._transition(keys=keys, args=[to.value, message, time.time(), *allowed]).decode()
+        out = self._run("transition", job_id, to.value, message, *allowed)
         if out == "missing":
             raise JobNotFound(job_id)
-        verdict, _, old = out.partition(":")
+        verdict, _, old = str(out).partition(":")
         if verdict != "ok":
             raise TransitionError(f"job {job_id}: cannot go from {old} to {to.value}")
-        self.log(job_id, f"state {old} -> {to.value}" + (f": {message}" if message else ""))
         return JobState(old)
 
     def claim(self, *, worker: str, lease_s: float, timeout_s: float) -> str | None:
-        """Take the oldest queued job and mark it running under a lease; None if none came within ``timeout_s``."""
-        popped = self.r.blpop([self.key("queue")], timeout=timeout_s)
-        if popped is None:
-            return None
-        job_id = popped[1].decode()
-        try:
-            self._start(job_id, worker=worker, lease_s=lease_s)
-        except TransitionError:  # cancelled while queued
-            self.release(job_id)
-            return None
+        """Take the oldest queued job and mark it running under ``worker``'s lease, in one atomic step; waits up
+        to ``timeout_s`` for a job to be queued (the ``doorbell`` list, rung by ``create``); None if none came."""
+        lease_ms = int(lease_s * 1000)
+        job_id = self._run("claim", worker, lease_ms)
+        if job_id is None and self.r.blpop([self.key("doorbell")], timeout=timeout_s) is not None:
+            job_id = self._run("claim", worker, lease_ms)
         return job_id
 
     def take(self, job_id: str, *, worker: str, lease_s: float) -> None:
-        """Claim one named queued job (a Prefect deployment run given its id); a running one is left as is."""
-        if self.r.lrem(self.key("queue"), 0, job_id):
-            self._start(job_id, worker=worker, lease_s=lease_s)
+        """Claim one named queued job for ``worker`` (a Prefect deployment run given its id), atomically.
 
-    def _start(self, job_id: str, *, worker: str, lease_s: float) -> None:
-        """A claimed job: its lease, the move to running, and the worker that runs it."""
-        self.renew(job_id, worker=worker, lease_s=lease_s)
-        self.transition(job_id, to=JobState.RUNNING, message=f"claimed by {worker}")
-        self.r.hset(self.key("job", job_id), "worker", worker)
+        A job already running under ``worker`` (the queue worker that claimed it) is left as is; a job running
+        under another worker or already finished is refused (TransitionError)."""
+        out = str(self._run("take", job_id, worker, int(lease_s * 1000)))
+        if out == "missing":
+            raise JobNotFound(job_id)
+        verdict, _, detail = out.partition(":")
+        if verdict == "held" and detail != worker:
+            raise TransitionError(f"job {job_id} is running under worker {detail or '?'}, not {worker}")
+        if verdict == "refused":
+            raise TransitionError(f"job {job_id} is already {detail}")
 
     def renew(self, job_id: str, *, worker: str, lease_s: float) -> None:
         self.r.set(self.key("job", job_id, "lease"), worker, px=int(lease_s * 1000))
@@ -178,7 +257,8 @@ class JobStore:
         self.r.delete(self.key("job", job_id, "lease"))
 
     def reap(self) -> list[str]:
-        """Fail every running job whose lease has expired (its worker died); returns their ids."""
+        """Fail every running job whose lease has expired (its worker died), removing the temporaries its worker
+        left mid-write; returns their ids."""
         failed = []
         for raw in self.r.smembers(self.key("state", JobState.RUNNING.value)):
             job_id = raw.decode()
@@ -194,6 +274,9 @@ class JobStore:
                 self.transition(job_id, to=JobState.FAILED, message=message)
             except TransitionError:
                 continue
+            remove_temporary(spec.output)
+            if spec.checkpoint:
+                remove_temporary(spec.checkpoint)
             failed.append(job_id)
         return failed
 
@@ -231,17 +314,15 @@ class JobStore:
         return [v.decode() for v in self.r.lrange(self.key("job", job_id, "logs"), 0, -1)]
 
     def request_cancel(self, job_id: str) -> JobState:
-        """Cancel a queued job now, or ask the worker of a running one to stop; returns the state it was in."""
-        state = JobState(self.get(job_id)["state"])
-        if state == JobState.QUEUED:
-            self.r.lrem(self.key("queue"), 0, job_id)
-            self.transition(job_id, to=JobState.CANCELLED, message="cancelled while queued")
-        elif state == JobState.RUNNING:
-            self.r.set(self.key("job", job_id, "cancel"), 1)
-            self.log(job_id, "cancel requested")
-        else:
-            raise TransitionError(f"job {job_id} is already {state.value}")
-        return state
+        """Cancel a queued job now, or ask the worker of a running one to stop (it records how the job ended);
+        one atomic step, so a job claimed meanwhile is never marked cancelled under a worker that runs it.
+        Returns the state the job was in."""
+        out = str(self._run("cancel", job_id))
+        if out == "missing":
+            raise JobNotFound(job_id)
+        if out.startswith("final:"):
+            raise TransitionError(f"job {job_id} is already {out.removeprefix('final:')}")
+        return JobState(out)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(self.key("job", job_id, "cancel")))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
+from service.settings import Settings
+from service.store import JobStore
 from tests.service.conftest import AUTH
 
 SCHEDULE = [{"engine": "epie", "iterations": 2}, {"engine": "bh-cg", "iterations": 2}]
@@ -93,9 +97,16 @@ def test_errors_are_json_4xx(client: TestClient, settings) -> None:  # noqa: ANN
     assert r.status_code == 413 and "larger than" in r.json()["detail"]
 
 
-def test_health_metrics_dashboard_docs(client: TestClient) -> None:
-    health = client.get("/api/health").json()
-    assert health["status"] == "ok" and health["redis"] is True
+def test_health_metrics_dashboard_docs(client: TestClient, store: JobStore, settings: Settings) -> None:
+    reply = client.get("/api/health")  # no worker yet: jobs would not run
+    assert reply.status_code == 503 and reply.json()["problems"] == ["no live worker: queued jobs will not run"]
+    store.announce("w1", {"device": "cpu", "job": ""}, ttl_s=5)
+    time.sleep(settings.reply_cache_s)
+    reply = client.get("/api/health")
+    health = reply.json()
+    assert reply.status_code == 200 and health["status"] == "ok" and health["redis"] is True
+    assert [w["name"] for w in health["workers"]] == ["w1"]
+    assert [lp["name"] for lp in health["loops"]] == ["event-hub", "reaper"]
     metrics = client.get("/metrics").text
     for name in (
         'ptychostream_jobs{state="running"}',

@@ -66,7 +66,9 @@ def test_cancel_mid_run_keeps_a_partial_result(client: TestClient, worker: None,
     wait_for(lambda: state(client, job_id) != "running", 30, "the job to stop")
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and "partial result" in job["message"]
-    assert client.get(f"/api/jobs/{job_id}/result").status_code == 200
+    r = client.get(f"/api/jobs/{job_id}/result")
+    with h5py.File(io.BytesIO(r.content)) as f:
+        assert f.attrs["stopped"] and not f.attrs["complete"]
 
 
 def test_a_worker_shutting_down_stops_its_job_with_a_partial_result(
@@ -102,7 +104,7 @@ def test_a_deployment_run_takes_the_job_with_settings_from_the_environment(
     job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 2}])
     assert reconstruct(job_id=job_id) == "succeeded"
     job = store.get(job_id)
-    assert job["state"] == "succeeded" and job["worker"] == "flow" and store.queue_depth() == 0
+    assert job["state"] == "succeeded" and job["worker"].startswith("flow-") and store.queue_depth() == 0
     assert not store.r.exists(store.key("job", job_id, "lease"))  # the heartbeat released it
 
 
@@ -134,3 +136,18 @@ def test_a_failing_beat_does_not_stop_the_heartbeat(settings: Settings, store: J
         store.r.delete(store.key("job", "abc123", "lease"))
         wait_for(lambda: bool(store.r.exists(store.key("job", "abc123", "lease"))), 5, "the lease renewed")
     assert not store.r.exists(store.key("job", "abc123", "lease"))
+
+
+def test_a_stream_job_cancelled_before_any_frame_ends_cancelled(client: TestClient, worker: None) -> None:
+    from tests.service.redis_server import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    r = client.post("/api/jobs", json={"input": {"stream": endpoint}, "device": "cpu"}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    wait_for(lambda: client.get(f"/api/jobs/{job_id}").json()["listening"] == endpoint, 60, "bind")
+    client.post(f"/api/jobs/{job_id}/cancel", headers=AUTH)
+    wait_for(lambda: state(client, job_id) != "running", 30, "the job to stop")
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "cancelled" and "before any usable frame" in job["message"], job["message"]
+    assert client.get(f"/api/jobs/{job_id}/result").status_code == 409

@@ -91,7 +91,7 @@ def test_killed_worker_leaves_the_job_failed_with_its_checkpoint(
         job = client.get(f"/api/jobs/{job_id}").json()
         assert job["state"] == "failed" and "worker lost" in job["message"]
         checkpoint = Path(settings.results_root.resolve() / job_id / "checkpoint.npz")
-        assert str(checkpoint) in job["message"] and checkpoint.is_file()
+        assert f"<results>/{job_id}/checkpoint.npz" in job["message"] and checkpoint.is_file()
         assert job["progress"]["preview_iteration"] is not None
         assert client.get(f"/api/jobs/{job_id}/preview/amplitude.png").content.startswith(b"\x89PNG")
     finally:
