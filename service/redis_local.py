@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
@@ -19,8 +20,13 @@ def reachable(url: str) -> bool:
         return False
 
 
-def ensure_redis(url: str, *, start: bool, wait_s: float = 10.0) -> subprocess.Popen[bytes] | None:
-    """Return None if ``url`` answers; otherwise start redis-server on its (local) port and return the process."""
+def ensure_redis(
+    url: str, *, start: bool, data_dir: Path | None = None, wait_s: float = 10.0
+) -> subprocess.Popen[bytes] | None:
+    """Return None if ``url`` answers; otherwise start redis-server on its (local) port and return the process.
+
+    With ``data_dir`` the server keeps an append-only file there (fsync every second), so jobs survive its
+    restart; without, it keeps nothing on disk (tests)."""
     if reachable(url):
         return None
     parsed = urlparse(url)
@@ -29,7 +35,12 @@ def ensure_redis(url: str, *, start: bool, wait_s: float = 10.0) -> subprocess.P
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConnectionError(f"Redis at {url} does not answer and no redis-server is installed")
-    command = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command = [binary, "--port", str(parsed.port or 6379), "--bind", "127.0.0.1", "--save", ""]
+    if data_dir is None:
+        command += ["--appendonly", "no"]
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        command += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir.resolve())]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -71,7 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that
     # would end the process without atexit handlers, leaving Prefect's temporary server running.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    redis_process = ensure_redis(settings.redis_url, start=settings.start_redis)
+    redis_process = ensure_redis(
+        settings.redis_url, start=settings.start_redis, data_dir=settings.results_root / ".redis"
+    )
     stop = threading.Event()
     worker = threading.Thread(target=serve_queue, args=(settings,), kwargs={"stop": stop}, name="worker", daemon=True)
     if not args.no_worker:
