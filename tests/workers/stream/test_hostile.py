@@ -179,6 +179,21 @@ def test_a_message_over_the_size_limit_is_counted_and_dropped() -> None:
     assert c["malformed"] == {"message size": 1} and c["received"] == 1 and c["missing"] == 4
 
 
+def test_a_part_over_the_size_limit_is_dropped_by_zeromq_and_the_sender_reconnects() -> None:
+    """A single 8 KiB part, 4 KiB allowed: ZeroMQ drops it before allocating it (MAXMSGSIZE) and disconnects
+    the sender, which reconnects; its frame ends missing, the frames after it arrive."""
+    with receiving(StreamLimits(max_message_bytes=4096)) as (receiver, push):
+        push.send_multipart(dectris_v2.encode_start(START))
+        push.send_multipart(dectris_v2.encode_frame("5", 0, FRAME, [0.0, 0.0, 0.0], None))
+        push.send_multipart(dectris_v2.encode_frame("5", 1, np.ones((64, 64), np.uint16), [0.0, 0.0, 0.0], None))
+        threading.Event().wait(0.5)  # the sender reconnects
+        for parts in [dectris_v2.encode_frame("5", 2, FRAME, [0.0, 0.0, 0.0], None), dectris_v2.encode_end("5")]:
+            push.send_multipart(parts)
+        assert receiver.done.wait(10)
+        c = receiver.counters()
+    assert (c["received"], c["missing"], c["rejected"], c["malformed"]) == (2, 1, {}, {})
+
+
 @pytest.mark.parametrize(("compression", "most"), [(None, 1), ("bslz4", 5)])
 def test_corrupt_frames_without_a_checksum_are_flagged_as_implausible(
     small_scan: ScanData, compression: str | None, most: int
