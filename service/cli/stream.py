@@ -11,6 +11,7 @@ from workers.stream.kinds import Protocol
 
 PROTOCOLS = [p.value for p in Protocol]
 LIMITS = StreamLimits.model_fields
+DISCARD_EVERY_S = 0.02  # listen empties the buffer at 50 Hz, not at every burst: no wake-up per burst, no GIL hand-over
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,9 +42,9 @@ def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
         idle_timeout_s=args.idle_timeout,
     ).start()
     try:
-        while not receiver.done.is_set():
-            receiver.buffer.wait(0.1)
+        while not receiver.done.wait(DISCARD_EVERY_S):
             receiver.buffer.discard()
+        receiver.buffer.discard()
     finally:
         receiver.close()
     refused = receiver.refused()
