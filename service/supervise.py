@@ -85,7 +85,7 @@ class Backoff:
     """Pauses after consecutive failures: ``base_s``, doubling, at most ``cap_s``."""
 
     base_s: float = 0.25
-    cap_s: float = 10.0
+    cap_s: float = 5.0
 
     def pause(self, failures: int) -> float:
         return min(self.cap_s, self.base_s * 2 ** max(failures - 1, 0))

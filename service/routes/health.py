@@ -97,6 +97,23 @@ async def health(store: StoreDep, replies: RepliesDep) -> Response:
     return Response(body, status_code=code, media_type="application/json")
 
 
+@router.get("/api/health/live", responses={200: {"content": {"text/plain": {}}}})
+async def live() -> Response:
+    """Liveness (for an orchestrator's restart decision): 200 while this process answers. Restarting the API
+    cannot bring back a store or a worker, so their absence does not fail this probe."""
+    return Response("alive", media_type="text/plain")
+
+
+@router.get("/api/health/ready", responses={200: {"content": {"text/plain": {}}}, 503: {"content": {"text/plain": {}}}})
+async def ready(store: StoreDep) -> Response:
+    """Readiness (whether to route requests here): 200 when the job store answers, else 503."""
+    try:
+        await asyncio.to_thread(store.r.ping)
+    except redis.RedisError as exc:
+        return Response(f"job store unreachable: {type(exc).__name__}", status_code=503, media_type="text/plain")
+    return Response("ready", media_type="text/plain")
+
+
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(store: StoreDep) -> Response:
     """Prometheus exposition format."""

@@ -256,7 +256,11 @@ def cancel_job(job_id: JobId, store: StoreDep, replies: RepliesDep) -> CancelRep
     """Cancel a queued job, or ask a running job's worker to stop (it writes a partial result)."""
     previous = store.request_cancel(job_id)
     replies.clear()
-    detail = "cancelled" if previous == JobState.QUEUED else "the worker stops after the current iteration"
+    detail = (
+        "cancelled"
+        if previous == JobState.QUEUED
+        else ("its worker is asked to stop: it ends cancelled with a partial result, or succeeded if it finishes first")
+    )
     return CancelReply(id=job_id, previous_state=previous, detail=detail)
 
 

@@ -72,6 +72,8 @@ def test_an_outage_while_idle_pauses_the_worker_and_health_reports_it(
         wait_for(lambda: health(client)[0] == 503, 5, "health to report the outage")
         body = health(client)[1]
         assert not body["redis"] and "job store unreachable" in str(body["problems"])
+        assert client.get("/api/health/ready").status_code == 503
+        assert client.get("/api/health/live").status_code == 200
         wait_for(lambda: "failing" in str(health(client)[1]["problems"]), 10, "the loops to report failing")
         server.start()
         wait_for(lambda: health(client)[0] == 200, 30, "health to recover")

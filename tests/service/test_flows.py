@@ -83,6 +83,8 @@ def test_a_worker_shutting_down_stops_its_job_with_a_partial_result(
     wait_for(lambda: client.get(f"/api/jobs/{job_id}").json()["progress"]["iteration"] >= 2, 60, "iterations")
     stop.set()
     thread.join(timeout=60)
+    assert not thread.is_alive()
+    wait_for(lambda: state(client, job_id) != "running", 5, "the reply cache to expire")
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and "partial result" in job["message"]
     lines = client.get(f"/api/jobs/{job_id}/logs").json()["lines"]
