@@ -36,9 +36,8 @@ from workers.probe_spec import ProbeStart
 from workers.probe_start import initial_probe
 from workers.record import Hooks, Progress, Result, RunRecord, package_version
 from workers.schedule import StageSpec, TransformName, converged, schedule_text
-from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting
+from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting, stream_receiver
 from workers.state import ReconState
-from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
 from workers.transforms import TRANSFORMS
 
@@ -259,12 +258,7 @@ def run_job(
             data = load_job_scan(job.input)
             result = run_schedule(data, schedule, **run)
         else:
-            receiver = Receiver(
-                job.input.stream,
-                positions=job.input.positions,
-                preprocess=build_preprocessor(job.input.preprocess),
-                idle_timeout_s=job.input.idle_timeout_s,
-            ).start()
+            receiver = stream_receiver(job.input).start()
             try:
                 if on_listening is not None:
                     on_listening(receiver)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cli.common import Subparsers, UsageError, add_preprocess_arguments, option_pairs, preprocessing
+from service.cli.stream import add_limit_arguments, stream_limits
 from workers.engines.options import EngineName
 from workers.job import JobSpec, StageSpec
 from workers.schedule import DEFAULT_SCHEDULE, PATIENCE, schedule_text
@@ -49,6 +50,7 @@ def _job(args: argparse.Namespace) -> JobSpec:
             positions=args.positions_listen,
             idle_timeout_s=args.idle_timeout,
             preprocess=preprocessing(args),
+            limits=stream_limits(args),
         )
     else:
         job_input = FileInput(
@@ -184,6 +186,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_preprocess_arguments(p)
+    add_limit_arguments(p)
     p.set_defaults(func=cmd_reconstruct)
     p = sub.add_parser("evaluate", help="data and (if the file has one) ground-truth metrics of a result")
     p.add_argument("result", metavar="OUT.h5")
