@@ -1,9 +1,9 @@
 """Issue 12's HTTP measurements, by hand, against a real ``uvicorn --factory service.app:create_app`` process
 (httptools, uvloop) and the Redis at 127.0.0.1:6379 (DB 9, a fresh key prefix):
 
-  python tests/benchmarks/bench_abuse.py body           # 200 MiB chunked POST without / with the token: RSS
-  python tests/benchmarks/bench_abuse.py events         # 500 event streams with the token, 100 without
-  python tests/benchmarks/bench_abuse.py schemathesis   # every check, 50 examples per operation (pytest -s)
+  python -m tests.benchmarks.bench_abuse body           # 200 MiB chunked POST without / with the token: RSS
+  python -m tests.benchmarks.bench_abuse events         # 500 event streams with the token, 100 without
+  python -m tests.benchmarks.bench_abuse schemathesis   # every check, 50 examples per operation (pytest -s)
 
 Each prints a table (markdown) of what it measured. ``BENCH_SERVICE_ROOT=<dir>`` serves another checkout
 (e.g. ``git archive <commit> service workers flows | tar -x -C <dir>``) for a before/after comparison.
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from service.demo import free_port
 from service.jobspec import spec_for
 from service.settings import Settings
 from service.store import JobState, JobStore
+from tests.service.test_limits import send_chunked
 from workers.job import JobRequest, StreamInput
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,33 +83,6 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def chunked_post(url: str, mib: int, headers: dict[str, str]) -> tuple[float, str, float]:
-    """POST ``mib`` MiB chunked to /api/jobs; (MiB sent before the server stopped reading, status line, seconds)."""
-    host, port = url.removeprefix("http://").split(":")
-    chunk = b"x" * MIB
-    start = time.perf_counter()
-    sock = socket.create_connection((host, int(port)), timeout=60)
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock.sendall(
-        f"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Transfer-Encoding: chunked\r\n{head}\r\n".encode()
-    )
-    sent = 0
-    try:
-        for _ in range(mib):
-            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            sent += len(chunk)
-        sock.sendall(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    try:
-        status = sock.recv(65536).decode(errors="replace").partition("\r\n")[0]
-    except ConnectionResetError:
-        status = "(reset)"
-    sock.close()
-    return sent / MIB, status, time.perf_counter() - start
-
-
 def bench_body(mib: int) -> None:
     print(f"| body ({mib} MiB chunked) | sent before refusal | reply | RSS before -> after (MiB) | peak growth (MiB) |")
     print("|---|---|---|---|---|")
@@ -117,7 +90,8 @@ def bench_body(mib: int) -> None:
         with server() as (url, pid, _):
             httpx.get(url + "/api/jobs", timeout=5)  # warm up
             rss0, hwm0 = memory_mib(pid)
-            sent, status, _ = chunked_post(url, mib, headers)
+            sent_bytes, status = send_chunked(url, headers, mib)
+            sent = sent_bytes / MIB
             time.sleep(0.5)
             rss1, hwm1 = memory_mib(pid)
             print(f"| {label} | {sent:.1f} MiB | {status} | {rss0:.0f} -> {rss1:.0f} | {max(hwm1 - hwm0, 0):.1f} |")
