@@ -18,6 +18,7 @@ class EngineName(StrEnum):
     BH_GD = "bh-gd"
     BH_CG = "bh-cg"
     BH_QN = "bh-qn"
+    PINE = "pine"
 
 
 class EngineOptions(BaseModel):
@@ -54,6 +55,22 @@ class RPIEOptions(PIEOptions):
 
     alpha: float = Field(0.1, gt=0, le=1, description="Object weight: 1 gives ePIE, small values a larger step.")
     beta: float = Field(1.0, gt=0, le=1, description="Probe weight: 1 gives ePIE's probe update.")
+
+
+class PINEOptions(EPIEOptions):
+    """PINE (seed 001): an ePIE sweep, then O <- (1 - rho) O + rho D(O) with a learned nonexpansive
+    denoiser D on the real and imaginary parts."""
+
+    rho: float = Field(
+        0.49, ge=0, le=1, description="Denoising weight; 0 is ePIE, the paper's convergence needs < 0.5."
+    )
+    denoise_every: int = Field(1, ge=1, description="Denoise after every k-th epoch (the denoiser's cost, see README).")
+    denoiser: str | None = Field(None, description="Denoiser weights file; None: the shipped models/weights/dncnn.pt.")
+    tile: int = Field(256, ge=16, le=4096, description="Denoiser tile (pixels per side); tiles overlap by its reach.")
+    rescale: Literal["scanned", "object"] = Field(
+        "scanned",
+        description="Min-max range of each channel: the scanned region (denoised there) or the whole object array.",
+    )
 
 
 class AdamOptions(BatchedOptions):
@@ -118,4 +135,5 @@ OPTIONS: dict[EngineName, type[EngineOptions]] = {
     EngineName.BH_GD: BHGDOptions,
     EngineName.BH_CG: BHCGOptions,
     EngineName.BH_QN: BHQNOptions,
+    EngineName.PINE: PINEOptions,
 }
