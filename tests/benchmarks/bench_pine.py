@@ -14,7 +14,9 @@ Runs are cached (JSON, --cache) so that baselines and PINE can be run apart; ``r
 * sim: 3 objects (seeds 1-3 at 1e3, 3e3, 1e4 photons per frame) x 2 probes (focused, structured), 64 px
   frames, 100 Fermat positions spaced 65% of the beam (overlap 0.35), the same start probe (the
   project's probe start) for every engine, each at its defaults (ePIE alpha = beta = 1, rPIE
-  alpha = 0.1, beta = 1, PINE = ePIE's steps with rho = 0.49). ePIE and rPIE 300 epochs, PINE 150.
+  alpha = 0.1, beta = 1, PINE = ePIE's steps with rho = 0.49 after every 5th epoch, --every).
+  ePIE and rPIE 300 epochs, PINE 150; the lowest cRMS of each run is listed too (at low dose ePIE
+  and rPIE fit the noise: their cRMS rises again, and stopping early would have done better).
   Every 10 epochs: cRMS and FRC against the truth (``workers.metrics.truth_metrics``); FRC_low is the
   mean FRC over 0.02-0.125 cycles/px. Higher bands are not used: that FRC rises again above ~0.2
   cycles/px even where the reconstruction is noise (both images share the hard edge of the compared
@@ -58,7 +60,7 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "tests" / "benchmarks" / "pine"
 EPOCHS = {"epie": 300, "rpie": 300, "pine": 150}
 EVERY = 10  # epochs between truth metrics
-THRESHOLD = 0.6  # FRC_low to reach
+THRESHOLD = 0.8  # FRC_low to reach (0.6 was reached within 10 epochs by nearly every run)
 CASES = [
     (seed, photons, probe) for seed, photons in ((1, 1e3), (2, 3e3), (3, 1e4)) for probe in ("focused", "structured")
 ]
@@ -106,6 +108,8 @@ def track(engine: Engine, data: ScanData, epochs: int) -> list[dict[str, float]]
                 "frc_low": frc_low(m),
                 "frc_cutoff": m["frc_cutoff"],
                 "frc": m["frc"]["value"],
+                "shift": m["registration_shift"],
+                "twin": m["twin"],
             }
         )
     return rows
@@ -236,10 +240,11 @@ def cmd_measured(args: argparse.Namespace) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    """A low-dose simulated scan replayed at ``--rate`` frames/s into a stream run of epie, then of pine."""
+    """A low-dose simulated scan replayed at ``--rate`` frames/s into a stream run of epie, then of pine
+    (``--engines``; rpie is left out)."""
     data = sim_data(2, 3e3, "focused")
     n = data.n_frames
-    for name in ("epie", "pine"):
+    for name in [e for e in args.engines.split(",") if e != "rpie"]:
         previews: list[Preview] = []
         receiver = Receiver("tcp://127.0.0.1:*", idle_timeout_s=30).start()
         sender = threading.Thread(target=replay, args=(data, receiver.endpoint), kwargs={"rate_hz": args.rate})
@@ -276,9 +281,27 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     print()
 
 
+def valid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations where ``truth_metrics`` compared a region: it sometimes registers an object onto
+    the truth with next to no overlap left and reports cRMS 0, FRC 1 (seen on object 3, structured)."""
+    return [r for r in rows if r["crms"] > 1e-6]
+
+
+def final(rows: list[dict[str, Any]], key: str) -> str:
+    """The last valid evaluation's ``key``, with its epoch when that is not the last epoch."""
+    last = valid(rows)[-1]
+    return f"{last[key]:.3f}" + ("" if last is rows[-1] else f" (ep {last['epoch']})")
+
+
+def best(rows: list[dict[str, Any]]) -> str:
+    """The lowest cRMS of the run and its epoch (where stopping early would have ended)."""
+    low = min(valid(rows), key=lambda r: r["crms"])
+    return f"{low['crms']:.3f} (ep {low['epoch']})"
+
+
 def reached(rows: list[dict[str, Any]]) -> str:
-    """Engine seconds (and epoch) of the first evaluation with FRC_low >= THRESHOLD."""
-    hit = [r for r in rows if r["frc_low"] >= THRESHOLD]
+    """Engine seconds (and epoch) of the first valid evaluation with FRC_low >= THRESHOLD."""
+    hit = [r for r in valid(rows) if r["frc_low"] >= THRESHOLD]
     return f"{hit[0]['time_s']:.0f} s (ep {hit[0]['epoch']})" if hit else "never"
 
 
@@ -290,11 +313,13 @@ def cmd_report(args: argparse.Namespace) -> None:
         runs = {name: load(c, f"sim-{seed}-{probe}-{name}") for name in EPOCHS}
         if any(r is None for r in runs.values()):
             continue
-        cells = [f"{runs[k][-1]['crms']:.3f}" for k in EPOCHS] + [f"{runs[k][-1]['frc_low']:.3f}" for k in EPOCHS]
-        rows.append([f"object {seed}, {probe}", f"{photons:.0e}", *cells, *(reached(runs[k]) for k in EPOCHS)])
+        cells = [final(runs[k], "crms") for k in EPOCHS] + [final(runs[k], "frc_low") for k in EPOCHS]
+        cells += [reached(runs[k]) for k in EPOCHS] + [best(runs[k]) for k in EPOCHS]
+        rows.append([f"object {seed}, {probe}", f"{photons:.0e}", *cells])
     names = list(EPOCHS)
     header = ["case", "photons"] + [f"cRMS {n}" for n in names] + [f"FRC_low {n}" for n in names]
-    table(header + [f"to FRC_low >= {THRESHOLD}: {n}" for n in names], rows)
+    header += [f"to FRC_low >= {THRESHOLD}: {n}" for n in names] + [f"lowest cRMS {n}" for n in names]
+    table(header, rows)
 
     every = {label: load(c, f"every-{label}") for label in EVERY_VARIANTS}
     if all(every.values()):
@@ -315,16 +340,15 @@ def cmd_report(args: argparse.Namespace) -> None:
                 rows.append([scan, name, *cells, f"{r['residual_held_out']:.4f}"])
     table(["scan", "engine", "epochs", "s", "residual, frames used", "residual, held-out frames"], rows)
 
-    print("### Stream (replayed low-dose scan): previews after the last frame, cRMS vs truth\n")
-    rows = []
-    for name in ("epie", "pine"):
-        r = load(c, f"stream-{name}")
-        if r:
-            crms = {p["iteration"]: p["crms"] for p in r["previews"]}
-            first, last = min(crms), max(crms)
-            cells = [f"{first}: {crms[first]:.3f}", f"{last}: {crms[last]:.3f}"]
-            rows.append([name, str(r["live_epochs"]), f"{r['time_s']:.0f}", *cells])
-    table(["engine", "epochs while streaming", "s", "first full preview (it: cRMS)", "last preview"], rows)
+    print("### Stream (a replayed low-dose scan): previews after the last frame, cRMS vs truth\n")
+    streams = {name: load(c, f"stream-{name}") for name in ("epie", "pine")}
+    if all(streams.values()):
+        crms = {name: {p["iteration"]: p["crms"] for p in r["previews"]} for name, r in streams.items()}
+        common = sorted(set(crms["epie"]) & set(crms["pine"]))
+        rows = [[str(i), f"{crms['epie'][i]:.3f}", f"{crms['pine'][i]:.3f}"] for i in common]
+        table(["iteration", "ePIE preview cRMS", "PINE preview cRMS"], rows[:: max(1, len(rows) // 8)] + rows[-1:])
+        for name, r in streams.items():
+            print(f"{name}: {r['live_epochs']} epochs while streaming, {r['time_s']:.0f} s in all\n")
     pictures(c)
 
 
@@ -371,8 +395,8 @@ def main() -> None:
     p.add_argument("command", choices=["cost", "sim", "every", "measured", "stream", "report"])
     p.add_argument("--engines", default="epie,rpie,pine")
     p.add_argument("--epochs", type=int, default=50, help="epochs of measured and every")
-    p.add_argument("--after", type=int, default=30, help="stream: epochs after the scan")
-    p.add_argument("--rate", type=float, default=5.0, help="stream: frames per second")
+    p.add_argument("--after", type=int, default=40, help="stream: epochs after the scan")
+    p.add_argument("--rate", type=float, default=200.0, help="stream: frames per second")
     p.add_argument("--cache", type=Path, default=Path("/tmp/bench_pine"))
     p.add_argument("--every", type=int, default=5, help="pine: denoise after every k-th epoch")
     p.add_argument("--denoiser", help="pine: weights file (default: the shipped weights)")
