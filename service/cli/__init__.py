@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.cli import reconstruct, serve, simulate, stream
+from service.cli import reconstruct, serve, simulate, stream, train
 from service.cli.common import UsageError
 from workers.concurrency import share_cores
 from workers.errors import DataError, DeviceError
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ptychostream", description="Streaming ptychography: simulate, reconstruct and evaluate scans."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (simulate, reconstruct, stream, serve):
+    for command in (simulate, reconstruct, stream, serve, train):
         command.register(sub)
     return parser
 
