@@ -42,8 +42,8 @@ def register(sub: Subparsers) -> None:
         "--config",
         choices=CONFIG_NAMES,
         default="small",
-        help="tiny: seconds (tests); small: the shipped CPU recipe, ~20 min; full: the seed's 1,000 images x "
-        "50 epochs (a GPU). Default small",
+        help="tiny: seconds (tests); small: the shipped CPU recipe, ~10 min on one core; full: the seed's "
+        "1,000 images x 50 epochs (a GPU). Default small",
     )
     d.add_argument("--out", default="results/denoiser", help="folder for dncnn.pt and dncnn.json")
     d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
