@@ -23,7 +23,7 @@ TOLERANCE = 0.05
 MIN_GAIN_DB = 0.5  # measured on the 16-image held-out sets: +1.3 dB (dead leaves), +2.0 dB (object patches)
 
 
-def difference_quotient_bound(net: DnCNN, x: Tensor, steps: int = 40) -> float:
+def difference_quotient_bound(net: DnCNN, x: Tensor, steps: int = 30) -> float:
     """Largest ||R(a) - R(b)|| / ||a - b|| found by gradient ascent on the pair (a, b), starting at x and a small
     random step from it: no Jacobian, no layer norms."""
     a = x.clone().requires_grad_(True)
@@ -75,7 +75,7 @@ def test_estimators_agree_and_see_an_expansive_network() -> None:
 
 def test_shipped_residual_is_nonexpansive(shipped: DnCNN) -> None:
     images = noisy_images(36, 52)  # neither the training patch (40) nor the RealSN image (48)
-    assert lipschitz(shipped, images) <= 1 + TOLERANCE
+    assert lipschitz(shipped, images, iterations=20) <= 1 + TOLERANCE
     for x in images:
         assert difference_quotient_bound(shipped, x[None]) <= 1 + TOLERANCE
 
