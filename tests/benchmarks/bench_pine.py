@@ -60,6 +60,7 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "tests" / "benchmarks" / "pine"
 EPOCHS = {"epie": 300, "rpie": 300, "pine": 150}
 EVERY = 10  # epochs between truth metrics
+MAX_SHIFT = 4.0  # pixels: a registration further off is a failed one (``valid``)
 THRESHOLD = 0.8  # FRC_low to reach (0.6 was reached within 10 epochs by nearly every run)
 CASES = [
     (seed, photons, probe) for seed, photons in ((1, 1e3), (2, 3e3), (3, 1e4)) for probe in ("focused", "structured")
@@ -139,7 +140,7 @@ def tile(rows: list[list[tuple[str, bytes]]], path: Path, scale: float = 1.0) ->
     if scale != 1.0:
         grid = grid.resize((int(grid.width * scale), int(grid.height * scale)), Image.Resampling.LANCZOS)
     OUT.mkdir(parents=True, exist_ok=True)
-    grid.quantize(96).save(path, optimize=True)
+    grid.quantize(64).save(path, optimize=True)
 
 
 def views(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, pixel_size: float = 0.0) -> list[bytes]:
@@ -282,9 +283,11 @@ def table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def valid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The evaluations where ``truth_metrics`` compared a region: it sometimes registers an object onto
-    the truth with next to no overlap left and reports cRMS 0, FRC 1 (seen on object 3, structured)."""
-    return [r for r in rows if r["crms"] > 1e-6]
+    """The evaluations where ``truth_metrics`` registered the object where it is: it sometimes takes the
+    twin at a shift of tens of pixels, with little or no overlap left, and reports cRMS down to 0 and
+    FRC near 1 (seen on object 1 focused, object 3 structured). The scans' positions are exact, so a
+    true shift is under a few pixels."""
+    return [r for r in rows if r["crms"] > 1e-6 and np.abs(r.get("shift", [0.0, 0.0])).max() <= MAX_SHIFT]
 
 
 def final(rows: list[dict[str, Any]], key: str) -> str:
@@ -364,7 +367,7 @@ def pictures(c: Path) -> None:
             origin = np.asarray(load(c, f"sim-1-focused-{name}-origin"))
             amp, phase = views(np.load(path), truth["probe"], truth["positions"] + origin)
             rows.append([(f"{name} {EPOCHS[name]} epochs: amplitude", amp), ("phase", phase)])
-    tile(rows, OUT / "sim_object1.png", 0.6)
+    tile(rows, OUT / "sim_object1.png", 0.5)
     for scan in ("star", "petra"):
         rows = []
         for name in EPOCHS:
@@ -374,7 +377,7 @@ def pictures(c: Path) -> None:
                 amp, phase = views(snap["object"], snap["probe"], snap["positions"])
                 rows.append([(f"{name}: amplitude", amp), ("phase", phase)])
         if rows:
-            tile(rows, OUT / f"{scan}_half_overlap.png", 0.6)
+            tile(rows, OUT / f"{scan}_half_overlap.png", 0.5)
     rows = []
     for name in ("epie", "pine"):
         path = c / f"stream-{name}.npz"
@@ -387,7 +390,7 @@ def pictures(c: Path) -> None:
                 ]
             )
     if rows:
-        tile(rows, OUT / "stream_previews.png", 0.8)
+        tile(rows, OUT / "stream_previews.png", 0.5)
 
 
 def main() -> None:
