@@ -36,6 +36,7 @@ from service.strict_json import StrictJSONRoute
 from workers.images import render_result
 from workers.io import read_result
 from workers.job import FileInput, JobSpec
+from workers.schedule import StageSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="The job's id.")]
@@ -104,11 +105,27 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, repli
     probe = request.probe
     if probe.file is not None:
         probe = probe.model_copy(update={"file": str(resolve_input(settings, probe.file, "probe.file"))})
+    schedule = [resolve_stage_files(settings, stage, f"schedule[{i}]") for i, stage in enumerate(request.schedule)]
     job_id = JobStore.new_id()
-    spec = spec_for(request.model_copy(update={"input": job_input, "probe": probe}), settings, job_id)
+    update = {"input": job_input, "probe": probe, "schedule": schedule}
+    spec = spec_for(request.model_copy(update=update), settings, job_id)
     store.create(spec=spec, job_id=job_id)
     replies.clear()
     return JobCreated(id=job_id)
+
+
+FILE_OPTIONS = ("denoiser",)  # engine options that name a file: resolved under the data root like inputs
+
+
+def resolve_stage_files(settings: Settings, stage: StageSpec, field: str) -> StageSpec:
+    """``stage`` with its file options (strings: the stage's options are validated) resolved under the data root:
+    a job may not name other server files."""
+    files = {
+        name: str(resolve_input(settings, value, f"{field}.options.{name}"))
+        for name in FILE_OPTIONS
+        if (value := stage.options.get(name)) is not None
+    }
+    return stage.model_copy(update={"options": {**stage.options, **files}}) if files else stage
 
 
 def json_reply(body: bytes | None) -> Response:

@@ -121,3 +121,15 @@ def test_health_metrics_dashboard_docs(client: TestClient, store: JobStore, sett
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/jobs", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/result", "/metrics"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_engine_option_files_stay_under_the_data_root(client: TestClient, scan_file: str) -> None:
+    """A PINE stage's ``denoiser`` weights file resolves under the data root like every input file."""
+    for value, status, words in (("/etc/passwd", 400, "data root"), ("nets/none.pt", 422, "no such file")):
+        stage = {"engine": "pine", "iterations": 2, "options": {"denoiser": value}}
+        r = client.post("/api/jobs", json={"input": {"file": scan_file}, "schedule": [stage]}, headers=AUTH)
+        assert r.status_code == status and "schedule[0].options.denoiser" in r.json()["detail"], r.text
+        assert words in r.json()["detail"]
+    stage = {"engine": "pine", "iterations": 2, "options": {"denoiser": scan_file}}
+    r = client.post("/api/jobs", json={"input": {"file": scan_file}, "schedule": [stage]}, headers=AUTH)
+    assert r.status_code == 201, r.text
