@@ -16,6 +16,7 @@ from flows.heartbeat import Heartbeat, job_heartbeat
 from flows.reporter import JobReporter
 from service.flow_api import JobState, JobStore, persist
 from workers.concurrency import share_cores
+from workers.errors import StoppedBeforeFrames
 from workers.job import FileInput, JobSpec
 
 
@@ -72,8 +73,6 @@ def reconstruct(job_id: str) -> str:
             spec = validate_input(store, job_id)
             attrs = reconstruct_job(beat, spec)
         except Exception as exc:
-            from workers.sources import StoppedBeforeFrames  # loaded by the run (torch): not at import
-
             if isinstance(exc, StoppedBeforeFrames):  # a live scan cancelled before its first frame: no result
                 record(store, job_id, JobState.CANCELLED, f"{exc}; no result")
                 return JobState.CANCELLED.value

@@ -7,3 +7,8 @@ class DataError(ValueError):
 
 class DeviceError(RuntimeError):
     """A requested device that this machine cannot provide."""
+
+
+class StoppedBeforeFrames(Exception):
+    """A live scan was asked to stop before any usable frame had arrived (``StreamSource.first``): there is
+    nothing to reconstruct and nothing failed, so the caller records the run as cancelled."""

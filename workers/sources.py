@@ -9,16 +9,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.data import Geometry, ScanData
-from workers.errors import DataError
+from workers.errors import DataError, StoppedBeforeFrames
 from workers.job import StreamInput
 from workers.record import RunRecord
 from workers.stream.preprocess import build_preprocessor
 from workers.stream.receiver import Receiver
-
-
-class StoppedBeforeFrames(Exception):
-    """A live scan was asked to stop (``should_stop``) before any usable frame had arrived: there is nothing to
-    reconstruct and nothing failed, so the caller records the run as cancelled (``StreamSource.first``)."""
 
 
 class FrameSource(Protocol):

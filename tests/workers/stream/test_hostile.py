@@ -16,9 +16,9 @@ import zmq
 
 from service.cli import main
 from workers.data import ScanData
-from workers.errors import DataError
+from workers.errors import DataError, StoppedBeforeFrames
 from workers.job import StreamLimits
-from workers.sources import StoppedBeforeFrames, StreamSource
+from workers.sources import StreamSource
 from workers.stream import protocol as p
 from workers.stream.detector import Faults, replay
 from workers.stream.formats import dectris_v1, dectris_v2, native
