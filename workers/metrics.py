@@ -118,6 +118,26 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
     return float(s.mean())
 
 
+MIN_OVERLAP = 0.5  # a registration must keep this fraction of the illuminated region to be compared
+TAPER_PX = 4.0  # width (Gaussian sigma, px) of the soft edge FRC puts on the compared region
+
+
+def _taper(region: np.ndarray, sigma: float = TAPER_PX) -> np.ndarray:
+    """A window that is 1 deep inside ``region``, 0 outside and falls smoothly at its edges
+    (the region blurred by a Gaussian of ``sigma`` px, kept inside the region)."""
+    fy, fx = np.fft.fftfreq(region.shape[0])[:, None], np.fft.fftfreq(region.shape[1])[None, :]
+    kernel = np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
+    blurred = np.fft.ifft2(np.fft.fft2(region.astype(float)) * kernel).real
+    return np.clip(2 * blurred - 1, 0, 1) * region
+
+
+def masked_frc(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FRC of two images compared on ``region`` only: each minus its mean there, under a soft-edged window,
+    so that the region's edge (common to both) does not correlate them."""
+    w = _taper(region)
+    return frc((a - a[region].mean()) * w, (b - b[region].mean()) * w)
+
+
 def _bounding_box(region: np.ndarray) -> tuple[slice, slice]:
     rows, cols = np.nonzero(region)
     return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
@@ -157,12 +177,17 @@ def _aligned(
         inner[:edge], inner[-edge:], inner[:, :edge], inner[:, -edge:] = False, False, False, False
         ramp += _phase_ramp(np.where(inner, ref * moved.conj(), 0))
     mov = shift_image(mov * np.exp(2j * np.pi * (ramp[0] * yy + ramp[1] * xx)), shift)
-    r, t = mov[inner], ref[inner]
-    if not r.size:  # a shift as large as the region: no overlap left to compare
+    if inner.sum() < MIN_OVERLAP * win.sum():  # a shift that leaves too little to compare: not a registration
         return mov, inner, shift, ramp, math.inf
-    scale = (r.conj() * t).sum() / (np.abs(r) ** 2).sum()
-    crms = float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
-    return scale * mov, inner, shift, ramp, crms
+    scaled, crms = _scaled(ref, mov, inner)
+    return scaled, inner, shift, ramp, crms
+
+
+def _scaled(ref: np.ndarray, mov: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, float]:
+    """``mov`` times the complex scale that best fits ``ref`` on ``region``, and the cRMS that remains."""
+    r, t = mov[region], ref[region]
+    scale = (r.conj() * t).sum() / max(float((np.abs(r) ** 2).sum()), 1e-30)
+    return scale * mov, float(np.sqrt((np.abs(scale * r - t) ** 2).sum() / (np.abs(t) ** 2).sum()))
 
 
 def truth_metrics(
@@ -176,6 +201,9 @@ def truth_metrics(
     The truth's object array is the scan's frame of reference. Registration removes what the
     data cannot fix: a shift, a linear phase ramp, the global complex scale, and the twin image
     (complex conjugate rotated by 180 degrees), whichever of the object and its twin fits better.
+    A shift that leaves less than ``MIN_OVERLAP`` of the illuminated region to compare is no
+    registration (a small overlap fits anything); with none left, the object is compared as placed.
+    FRC compares the two on the region, each minus its mean there, under a soft-edged window.
     Returns cRMS, FRC (curve and the frequency where it first drops below 0.5), aPSNR (dB) and
     aSSIM on the illuminated region, the registration shift, the phase ramp (cycles/px), whether
     the twin was taken, and the RMS position error when ``positions`` are given.
@@ -194,7 +222,10 @@ def truth_metrics(
     twin = _aligned(ref, mov[::-1, ::-1].conj(), win)
     is_twin = twin[-1] < direct[-1]
     fixed, inner, shift, ramp, crms = twin if is_twin else direct
-    freq, curve = frc(np.where(inner, fixed, 0), np.where(inner, ref, 0))
+    if not math.isfinite(crms):  # neither registration keeps enough overlap: compare as placed
+        fixed, crms = _scaled(ref, mov, win)
+        inner, shift, ramp, is_twin = win, np.zeros(2), np.zeros(2), False
+    freq, curve = masked_frc(fixed, ref, inner)
     below = np.nonzero(curve < 0.5)[0]
     amp_r, amp_t = np.abs(fixed) * inner, np.abs(ref) * inner
     mse = float(((amp_r - amp_t)[inner] ** 2).mean())

@@ -81,3 +81,29 @@ def test_crms_ignores_phase_ramp_and_twin_image(small_scan: ScanData) -> None:
     twin = metrics.truth_metrics(0.8 * obj[::-1, ::-1].conj(), np.zeros(2), truth)
     assert twin["twin"] and twin["crms"] < 0.03
     assert metrics.truth_metrics(obj, np.zeros(2), truth)["phase_ramp"] == pytest.approx([0, 0], abs=1e-9)
+
+
+def test_a_large_shift_is_not_a_registration(small_scan: ScanData) -> None:
+    """An object displaced by 40% of the scanned field overlaps the truth on too little to count as a match."""
+    truth = small_scan.truth
+    region = truth["object"].shape
+    moved = metrics.shift_image(truth["object"], 0.4 * np.array(region))
+    out = metrics.truth_metrics(moved, np.zeros(2), truth)
+    assert out["registration_shift"] == [0.0, 0.0]
+    assert out["crms"] > 0.3
+    small = metrics.truth_metrics(metrics.shift_image(truth["object"], np.array([3.0, -2.0])), np.zeros(2), truth)
+    assert small["crms"] < 0.03
+
+
+def test_frc_of_noise_is_low(small_scan: ScanData) -> None:
+    """Pure noise against the truth: no correlation beyond what registration's choice of shift gives, not even
+    at low frequencies through the compared region's edge (the hard-edged comparison gave 0.16-0.37 there)."""
+    truth = small_scan.truth
+    low = []
+    for seed in (3, 4, 5):
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(truth["object"].shape) + 1j * rng.standard_normal(truth["object"].shape)
+        value = np.array(metrics.truth_metrics(noise, np.zeros(2), truth)["frc"]["value"])
+        assert value[1:].mean() < 0.05
+        low.append(value[1:10].mean())
+    assert np.mean(low) < 0.15
