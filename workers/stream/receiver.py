@@ -85,6 +85,10 @@ class Receiver:
         """The frame accounting so far (``Counters.as_dict``), with the buffer's current fill."""
         return self._assembler.counters.as_dict() | {"buffer_fill": len(self.buffer)}
 
+    def indices(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The frame indices received and rejected so far (copies: safe to call while the loop runs)."""
+        return frozenset(self._assembler._seen), frozenset(self._assembler._rejected)
+
     def start(self) -> Receiver:
         self._thread = threading.Thread(target=self.run, name="receiver", daemon=True)
         self._thread.start()
