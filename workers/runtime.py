@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from workers.previews import Preview, PreviewPublisher
 from workers.probe_spec import ProbeStart
 from workers.probe_start import initial_probe
 from workers.record import Hooks, Progress, Result, RunRecord, package_version
-from workers.schedule import StageSpec, TransformName, converged, schedule_text
+from workers.schedule import TRANSFORM_OPTIONS, StageSpec, TransformName, TransformOptions, converged, schedule_text
 from workers.sources import FileSource, FrameSource, StreamSource, stream_accounting, stream_receiver
 from workers.state import ReconState
 from workers.stream.receiver import Receiver
@@ -50,11 +51,11 @@ log = logging.getLogger(__name__)
 class Stage:
     """One step of a schedule: up to ``iterations`` epochs of ``engine`` with validated ``options``,
     ended early once the loss stops improving by ``tolerance`` (``workers.schedule.converged``);
-    or a ``transform`` of the state."""
+    or a ``transform`` of the state with its validated ``options``."""
 
     engine: EngineName | None
     iterations: int
-    options: EngineOptions | None
+    options: EngineOptions | TransformOptions | None
     tolerance: float | None = None
     transform: TransformName | None = None
 
@@ -72,13 +73,14 @@ class Stage:
         return cls(name, iterations, OPTIONS[name].model_validate(options or {}), tolerance)
 
     @classmethod
-    def of_transform(cls, transform: str) -> Stage:
-        return cls(None, 0, None, None, TransformName(transform))
+    def of_transform(cls, transform: str, options: dict[str, Any] | None = None) -> Stage:
+        name = TransformName(transform)
+        return cls(None, 0, TRANSFORM_OPTIONS[name].model_validate(options or {}), None, name)
 
     @classmethod
     def from_spec(cls, spec: StageSpec) -> Stage:
         if spec.transform is not None:
-            return cls.of_transform(spec.transform)
+            return cls.of_transform(spec.transform, spec.options)
         assert spec.engine is not None
         return cls.parse(spec.engine, spec.iterations, spec.options, spec.tolerance)
 
@@ -109,6 +111,8 @@ def run(
         raise DataError("schedule: needs at least one engine stage")
     first = source.first(hooks.should_stop or (lambda: False))
     geometry, mask = first.geometry, first.mask
+    if hooks.previews is not None:
+        hooks.previews.pixel_size = geometry.pixel_size
     if resume is None:
         probe, probe_record = initial_probe(first, n_modes, probe_start, device=device, seed=seed)
     else:  # the checkpoint's probe replaces the start at once: no search
@@ -126,7 +130,7 @@ def run(
 
     def engine_for(k: int, live: bool = False) -> Engine:
         stage = schedule[k]
-        assert stage.engine is not None and stage.options is not None
+        assert stage.engine is not None and isinstance(stage.options, EngineOptions)
         live_order = live and isinstance(stage.options, BatchedOptions)
         options = stage.options.model_copy(update={"order": "newest-first"}) if live_order else stage.options
         return make_engine(stage.engine, state, geometry, options, mask=mask, seed=seed + k)
@@ -155,7 +159,10 @@ def run(
                 continue
             done_before = progress[k] if k < len(progress) else 0
             if stage.transform is not None:
-                TRANSFORMS[stage.transform](state, engine)
+                assert isinstance(stage.options, TransformOptions)
+                started = time.perf_counter()
+                run.attrs.update(TRANSFORMS[stage.transform](state, engine, stage.options))
+                run.add_time(time.perf_counter() - started)
                 run.stage_epochs.append(0)
                 continue
             if not (reuse_first and k == engine_stages[0]):
