@@ -3,7 +3,9 @@
 A schedule is a list of stages run in turn on one shared state. An engine stage runs
 ``iterations`` epochs of one engine, or fewer when ``tolerance`` is set and the loss has stopped
 improving: the stage ends once the loss fell by less than ``tolerance`` (relative) over the last
-``PATIENCE`` epochs. A transform stage applies a function of the state once (``TransformName``).
+``PATIENCE`` epochs. A transform stage applies a function of the state once (``TransformName``), with its own
+options (``TRANSFORM_OPTIONS``): ``recentre-probe`` takes none; ``fast-forward`` (seed 003) takes
+the network's weights file, its tile and the tiles' overlap.
 
 The default schedule (``DEFAULT_SCHEDULE``), for users who do not know the engines: a few
 rPIE epochs, robust from a poor start, then BH-CG (seed 002), whose Newton steps converge
@@ -28,6 +30,45 @@ class TransformName(StrEnum):
     """Transform stages: a function of the state applied once between engine stages (``workers.transforms``)."""
 
     RECENTRE_PROBE = "recentre-probe"
+    FAST_FORWARD = "fast-forward"
+
+
+class TransformOptions(BaseModel):
+    """Options of a transform stage (strict: a misspelt option is refused)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RecentreProbeOptions(TransformOptions):
+    """``recentre-probe`` takes no options."""
+
+
+class FastForwardOptions(TransformOptions):
+    """The learned fast-forward jump (seed 003, ``workers.transforms.fast_forward``)."""
+
+    weights: str | None = Field(
+        None, description="Network weights file; None: the shipped models/weights/fast_forward.pt."
+    )
+    tile: int = Field(128, ge=16, le=4096, description="Network tile (pixels per side, a multiple of 16).")
+    overlap: int = Field(32, ge=0, le=2048, description="Pixels shared by neighbouring tiles, blended linearly.")
+    guard: bool = Field(
+        True, description="Keep the jump only if it lowers the data residual on all frames (else undo it)."
+    )
+
+    @model_validator(mode="after")
+    def _tiles(self) -> FastForwardOptions:
+        """A tile the network's four poolings divide, larger than the overlap."""
+        if self.tile % 16:
+            raise ValueError(f"tile must be a multiple of 16, got {self.tile}")
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than the tile ({self.tile})")
+        return self
+
+
+TRANSFORM_OPTIONS: dict[TransformName, type[TransformOptions]] = {
+    TransformName.RECENTRE_PROBE: RecentreProbeOptions,
+    TransformName.FAST_FORWARD: FastForwardOptions,
+}
 
 
 class StageSpec(BaseModel):
@@ -41,7 +82,9 @@ class StageSpec(BaseModel):
     iterations: int = Field(
         default=0, ge=0, le=100_000, description="Epochs; for a stream, epochs after the scan has ended."
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="Engine options (the engine's options model).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the engine's or the transform's options model."
+    )
     tolerance: float | None = Field(
         default=None,
         gt=0,
@@ -51,12 +94,13 @@ class StageSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StageSpec:
-        """An engine stage with its iterations and options the engine knows, or a bare transform."""
+        """An engine stage with its iterations and options the engine knows, or a transform with its options."""
         if (self.engine is None) == (self.transform is None):
             raise ValueError("a stage names exactly one of engine and transform")
         if self.transform is not None:
-            if self.iterations or self.options or self.tolerance is not None:
-                raise ValueError(f"transform {self.transform.value!r}: takes no iterations, options or tolerance")
+            if self.iterations or self.tolerance is not None:
+                raise ValueError(f"transform {self.transform.value!r}: takes no iterations or tolerance")
+            TRANSFORM_OPTIONS[self.transform].model_validate(self.options)
             return self
         if "iterations" not in self.model_fields_set:
             raise ValueError(f"engine {self.engine.value!r}: iterations missing")
@@ -113,19 +157,25 @@ def converged(losses: list[float], tolerance: float | None) -> bool:
 
 
 def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[StageSpec]:
-    """``"rpie:5,bh-cg:100"`` -> stages; ``options`` apply to every stage whose engine knows them.
+    """``"rpie:5,bh-cg:100"`` -> stages; ``options`` apply to every stage whose engine or transform knows them.
 
     Each comma-separated stage is ``ENGINE:ITERATIONS`` or ``ENGINE:ITERATIONS:TOLERANCE``.
     Raises ``ValueError`` naming the stage and the problem.
     """
     stages = []
-    unknown = set(options or {}) - {key for m in OPTIONS.values() for key in m.model_fields}
+    models = [*OPTIONS.values(), *TRANSFORM_OPTIONS.values()]
+    unknown = set(options or {}) - {key for m in models for key in m.model_fields}
     if unknown:
-        raise ValueError(f"--option: no engine knows {', '.join(sorted(unknown))}")
+        raise ValueError(f"--option: no engine or transform knows {', '.join(sorted(unknown))}")
     for k, part in enumerate(p.strip() for p in text.split(",")):
         fields = part.split(":")
         if part in set(TransformName):
-            stages.append(StageSpec(transform=TransformName(part)))
+            known = TRANSFORM_OPTIONS[TransformName(part)].model_fields
+            stage_options = {key: v for key, v in (options or {}).items() if key in known}
+            try:
+                stages.append(StageSpec(transform=TransformName(part), options=stage_options))
+            except ValidationError as exc:
+                raise ValueError(f"--schedule: stage {k + 1} {part!r}: {_problems(exc)}") from None
             continue
         if not part or len(fields) not in (2, 3):
             transforms = ", ".join(t.value for t in TransformName)
@@ -145,8 +195,12 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
         try:
             stages.append(StageSpec(engine=name, iterations=iterations, options=stage_options, tolerance=tolerance))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"--schedule: stage {k + 1} {part!r}: {problems}") from None
+            raise ValueError(f"--schedule: stage {k + 1} {part!r}: {_problems(exc)}") from None
     if not any(s.engine for s in stages):
         raise ValueError("--schedule: needs at least one engine stage")
     return stages
+
+
+def _problems(exc: ValidationError) -> str:
+    """The validation errors of ``exc`` on one line: ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from workers.data import ScanData
 from workers.engines.options import EngineName
 from workers.job import JobRequest
 from workers.runtime import Stage, run_schedule
-from workers.schedule import DEFAULT_SCHEDULE, PATIENCE, converged, parse_schedule, schedule_text
+from workers.schedule import (
+    DEFAULT_SCHEDULE,
+    PATIENCE,
+    FastForwardOptions,
+    StageSpec,
+    TransformName,
+    converged,
+    parse_schedule,
+    schedule_text,
+)
 
 
 def test_parse_round_trips_and_applies_options_where_known() -> None:
@@ -42,8 +52,51 @@ def test_bad_schedules_name_the_stage(text: str, message: str) -> None:
 
 
 def test_unknown_option_is_refused() -> None:
-    with pytest.raises(ValueError, match="no engine knows nonsense"):
+    with pytest.raises(ValueError, match="no engine or transform knows nonsense"):
         parse_schedule("rpie:3", {"nonsense": 1})
+
+
+def test_transform_options_go_to_the_transform_that_knows_them() -> None:
+    stages = parse_schedule("epie:50,fast-forward,epie:350", {"tile": 64, "alpha": 0.5, "weights": "ff.pt"})
+    assert [s.name for s in stages] == ["epie", "fast-forward", "epie"]
+    assert stages[1].transform == TransformName.FAST_FORWARD
+    assert stages[1].options == {"tile": 64, "weights": "ff.pt"}
+    assert stages[0].options == stages[2].options == {"alpha": 0.5}
+    assert schedule_text(stages) == "epie:50,fast-forward,epie:350"
+    assert Stage.from_spec(stages[1]).options == FastForwardOptions(tile=64, weights="ff.pt")
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ({"transform": "fast-forward", "options": {"tile": 40}}, "multiple of 16"),
+        ({"transform": "fast-forward", "options": {"tile": 32, "overlap": 32}}, "smaller than the tile"),
+        ({"transform": "fast-forward", "options": {"tiles": 64}}, "tiles"),
+        ({"transform": "fast-forward", "iterations": 3}, "no iterations or tolerance"),
+        ({"transform": "recentre-probe", "options": {"tile": 64}}, "tile"),
+        ({"transform": "fast-forward", "engine": "epie", "iterations": 3}, "exactly one of engine and transform"),
+    ],
+)
+def test_bad_transform_stages_are_refused(stage: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StageSpec.model_validate(stage)
+
+
+def test_a_request_names_the_fast_forward_stage_with_its_options() -> None:
+    request = JobRequest.model_validate(
+        {
+            "input": {"file": "scan.cxi"},
+            "schedule": [
+                {"engine": "epie", "iterations": 50},
+                {"transform": "fast-forward", "options": {"weights": "nets/ff.pt", "guard": True}},
+                {"engine": "epie", "iterations": 350},
+            ],
+        }
+    )
+    assert schedule_text(request.schedule) == "epie:50,fast-forward,epie:350"
+    assert request.schedule[1].options == {"weights": "nets/ff.pt", "guard": True}
+    with pytest.raises(ValueError, match="multiple of 16"):
+        parse_schedule("epie:5,fast-forward", {"tile": 24})
 
 
 def test_a_request_without_schedule_gets_the_default() -> None:
