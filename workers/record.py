@@ -89,6 +89,7 @@ class RunRecord:
         self.attrs: dict[str, Any] = {}
         self._engine: Engine | None = None
         self._offset = 0.0
+        self._pending = 0.0
         self._previewed = -1
 
     def stop_requested(self) -> bool:
@@ -98,10 +99,12 @@ class RunRecord:
     def epoch(self, k: int, engine: Engine, total: int, *, scheduled: bool, force: bool) -> None:
         """One epoch of ``engine`` (stage ``k``); ``scheduled``: it counts towards the schedule.
 
-        Times run on across stages: the engine's own clock plus where the previous stage ended.
+        Times run on across stages: the engine's own clock plus where the previous stage ended, plus the
+        time of transform stages in between (``add_time``).
         """
         if engine is not self._engine:
             self._engine, self._offset = engine, (self.times[-1] if self.times else 0.0)
+        self._offset, self._pending = self._offset + self._pending, 0.0
         loss = engine.iterate(1)[0]
         self.done += 1
         if scheduled:
@@ -118,6 +121,10 @@ class RunRecord:
             self._previewed = self.done
         if hooks.autosave is not None:
             hooks.autosave.maybe(self.checkpoint)
+
+    def add_time(self, seconds: float) -> None:
+        """Count ``seconds`` spent between epochs (a transform stage) in the times of the epochs that follow."""
+        self._pending += seconds
 
     def stage_losses(self) -> list[float]:
         """The losses of the current stage (a resumed stage's from before the resume too)."""
