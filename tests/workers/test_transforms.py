@@ -1,22 +1,28 @@
-"""Transform stages: the probe recentring leaves the model unchanged, and one schedule spelling runs it
-the same way on a file and on a live stream (the one run loop)."""
+"""Transform stages: the probe recentring leaves the model unchanged; the fast-forward jump and its guard (a jump
+that raises the data residual is undone, one that lowers it is kept); one schedule spelling runs them the same
+way on a file and on a live stream (the one run loop), and the transform's time counts in the run's clock."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from models.unet import UNet, save_fast_forward
+from workers import ff_state
 from workers.data import ScanData
 from workers.engines.registry import make_engine
 from workers.metrics import model_intensities
 from workers.runtime import Stage, run_schedule, run_stream
-from workers.schedule import parse_schedule
+from workers.schedule import FastForwardOptions, parse_schedule
 from workers.state import ReconState
 from workers.stream.detector import replay
 from workers.stream.receiver import Receiver
-from workers.transforms import recentre_probe
+from workers.transforms import fast_forward, recentre_probe
 
 CPU = torch.device("cpu")
 
@@ -87,3 +93,91 @@ def test_host_copies_of_the_state_are_not_views(small_scan: ScanData) -> None:
     state.probe.mul_(2)
     np.testing.assert_array_equal(saved["object"], before[0])
     np.testing.assert_array_equal(saved["probe"], before[1])
+
+
+def true_state(data: ScanData, offset: complex = 0j) -> tuple[ReconState, object]:
+    """The true probe at the true positions and the true object plus ``offset`` (an ePIE engine holds the frames)."""
+    state = ReconState.initial(data.truth["probe"])
+    engine = make_engine("epie", state, data.geometry)
+    engine.add_frames(data.intensities, data.truth["positions"])
+    obj, o = data.truth["object"], state.origin.astype(int)
+    h, w = state.object.shape
+    state.object[o[0] : o[0] + obj.shape[0], o[1] : o[1] + obj.shape[1]] = torch.from_numpy(obj + offset)[
+        : h - o[0], : w - o[1]
+    ]
+    return state, engine
+
+
+def constant_jump(path: Path, change: complex) -> Path:
+    """Weights of a U-Net whose jump is the constant ``change`` in the normalised object (a head bias only)."""
+    net = UNet(levels=4, width=2)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([change.real, change.imag]))
+    save_fast_forward(net, path, {"test": "constant jump"})
+    return path
+
+
+def test_guard_undoes_a_jump_that_raises_the_residual(tiny_scan: ScanData, tmp_path: Path) -> None:
+    state, engine = true_state(tiny_scan)
+    before = state.object.clone()
+    weights = str(constant_jump(tmp_path / "bad.pt", 0.3 + 0.2j))
+    record = json.loads(
+        fast_forward(state, engine, FastForwardOptions(weights=weights, tile=32, overlap=8))["fast_forward"]
+    )
+    assert not record["accepted"]
+    assert record["residual_after"] > record["residual_before"]
+    torch.testing.assert_close(state.object, before, rtol=0, atol=0)
+    unguarded = FastForwardOptions(weights=weights, tile=32, overlap=8, guard=False)
+    assert json.loads(fast_forward(state, engine, unguarded)["fast_forward"])["accepted"]
+    assert ff_state.data_residual(engine) == pytest.approx(record["residual_after"], rel=1e-5)
+
+
+def test_guard_keeps_a_jump_that_lowers_the_residual(tiny_scan: ScanData, tmp_path: Path) -> None:
+    a = 0.2 - 0.1j
+    state, engine = true_state(tiny_scan, offset=a)
+    x, c = ff_state.features(state.object, ff_state.illumination(state))
+    weights = str(constant_jump(tmp_path / "good.pt", complex(-a / complex(c))))
+    record = json.loads(
+        fast_forward(state, engine, FastForwardOptions(weights=weights, tile=32, overlap=8))["fast_forward"]
+    )
+    assert record["accepted"]
+    assert record["residual_after"] < 0.1 * record["residual_before"]
+    lit = x[2] >= ff_state.LIT
+    o = state.origin.astype(int)
+    truth = torch.from_numpy(tiny_scan.truth["object"])
+    region = lit[o[0] : o[0] + truth.shape[0], o[1] : o[1] + truth.shape[1]]
+    jumped = state.object[o[0] : o[0] + truth.shape[0], o[1] : o[1] + truth.shape[1]]
+    torch.testing.assert_close(jumped[region], truth[region], rtol=0, atol=1e-5)
+
+
+def test_features_remove_the_global_phase_and_scale(tiny_scan: ScanData) -> None:
+    state, _ = true_state(tiny_scan)
+    illum = ff_state.illumination(state)
+    x, c = ff_state.features(state.object, illum)
+    y, d = ff_state.features(state.object * (0.3 * np.exp(1.1j)), illum)
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert complex(d / c) == pytest.approx(0.3 * np.exp(1.1j), rel=1e-5)
+    assert float(x[2].max()) == pytest.approx(1.0)
+
+
+def test_fast_forward_stage_on_a_file_and_a_stream_counts_its_time(small_scan: ScanData, tmp_path: Path) -> None:
+    data = small_scan.subset(slice(0, 40))
+    weights = str(constant_jump(tmp_path / "bad.pt", 0.3))
+    schedule = [Stage.from_spec(s) for s in parse_schedule("epie:3,fast-forward,epie:2", {"weights": weights})]
+    offline = run_schedule(data, schedule, device=CPU)
+    receiver = Receiver("tcp://127.0.0.1:*", idle_timeout_s=10).start()
+    sender = threading.Thread(target=replay, args=(data, receiver.endpoint))
+    sender.start()
+    try:
+        live = run_stream(receiver, schedule, device=CPU)
+    finally:
+        sender.join()
+        receiver.close()
+    for result in (offline, live):
+        assert result.attrs["engines"] == "epie:3,fast-forward,epie:2"
+        record = json.loads(result.attrs["fast_forward"])
+        assert not record["accepted"] and record["weights"] == weights
+        assert np.isfinite(result.loss).all()
+    steps = np.diff(offline.time_s)
+    assert steps[2] >= record["seconds"]  # the epoch after the jump starts later by the transform's time
+    assert len(offline.loss) == 5
