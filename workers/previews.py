@@ -1,29 +1,45 @@
-"""Live previews: small amplitude, phase and probe images, throttled, PNG-encoded off the engine thread.
+"""Live previews: small images of the object, every probe mode and the probe's far field, throttled, PNG-encoded
+off the engine thread, each with what a viewer needs to draw its colour bar and scale bar.
 
 They are windowed like result images (``workers.images``): over the scanned region, phase relative
-to its median there, unscanned pixels dimmed; no colour or scale bar.
+to its median there, unscanned pixels dimmed. The PNGs are bare (one pixel per value); each channel's
+``meta`` gives its display range, colour map and pixel size, so a viewer draws the bars at any size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from workers.images import KINDS, png, threshold
+from workers.images import colourise, relative_phase, threshold, window
 from workers.state import ReconState
+
+MAX_MODES = 8
+"""Probe modes a preview copies and shows (the far-field intensity sums these)."""
+MAX_POSITIONS = 20_000
+"""Scan positions sent with a preview; longer scans send every k-th (always the newest)."""
 
 
 @dataclass
 class Preview:
-    """One preview: ``amplitude``/``phase`` of the object and ``probe`` amplitude, at most ``size`` px, float32;
-    ``region`` (same shape as the object's images): the scanned pixels."""
+    """One preview at most ``size`` px, float32 host copies.
+
+    ``amplitude``/``phase`` (H, W) of the object block-averaged by ``scale``; ``probe`` (M, M) the first mode's
+    amplitude; ``modes`` (MODE, M, M) complex, the probe modes; ``region`` (H, W) the scanned pixels;
+    ``positions`` (FRAME, 2) probe centres (row, col) in preview pixels, in the order frames were added;
+    ``pixel_size`` metres per object pixel (0: unknown). ``png`` and ``meta`` (by channel name) are filled
+    by the encoder.
+    """
 
     iteration: int
     frames_used: int
@@ -33,17 +49,69 @@ class Preview:
     phase: np.ndarray
     probe: np.ndarray
     region: np.ndarray
+    modes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.complex64))
+    positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    scale: int = 1
+    pixel_size: float = 0.0
     png: dict[str, bytes] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def channels(self) -> list[tuple[str, str, str, np.ndarray, np.ndarray | None, float]]:
+        """(name, title, window kind, values, region, metres per pixel) of every image this preview shows."""
+        obj_px = self.pixel_size * self.scale
+        out = [
+            ("amplitude", "object amplitude", "amplitude", self.amplitude, self.region, obj_px),
+            ("phase", "object phase [rad]", "phase", self.phase, self.region, obj_px),
+            ("probe", "probe amplitude (mode 1)", "probe", self.probe, None, self.pixel_size),
+        ]
+        if len(self.modes) > 1:
+            power = np.square(np.abs(self.modes)).sum(axis=(1, 2))
+            share = power / max(float(power.sum()), 1e-30)
+            out[-1] = (*out[-1][:1], f"probe mode 1 ({100 * share[0]:.0f}% power)", *out[-1][2:])
+            for k in range(1, min(len(self.modes), MAX_MODES)):
+                title = f"probe mode {k + 1} ({100 * share[k]:.0f}% power)"
+                out.append((f"probe_{k + 1}", title, "probe", np.abs(self.modes[k]), None, self.pixel_size))
+        if len(self.modes):
+            far = np.square(np.abs(np.fft.fftshift(np.fft.fft2(self.modes), axes=(-2, -1)))).sum(0)
+            log_far = np.log10(far + 1e-6 * float(far.max()) + 1e-30).astype(np.float32)
+            out.append(("probe_farfield", "probe far-field intensity [log10]", "intensity", log_far, None, 0.0))
+        return out
+
+
+def encode(preview: Preview) -> None:
+    """Fill ``preview.png`` and ``preview.meta``: each channel windowed as ``workers.images`` windows it."""
+    for name, title, kind, values, region, pixel_size in preview.channels():
+        if kind == "phase":
+            values = relative_phase(values, region)
+        lo, hi, cyclic = window(kind, values, region)
+        out = io.BytesIO()
+        Image.fromarray(colourise(values, lo, hi, cyclic, region)).save(out, format="PNG")
+        preview.png[name] = out.getvalue()
+        preview.meta[name] = {
+            "name": name,
+            "title": title,
+            "lo": lo,
+            "hi": hi,
+            "colormap": "cyclic" if cyclic else "grey",
+            "width": int(values.shape[1]),
+            "height": int(values.shape[0]),
+            "pixel_size_m": pixel_size,
+        }
 
 
 def _small(image: torch.Tensor, size: int) -> torch.Tensor:
     """``image`` (H, W), complex or real, averaged over k x k blocks so that it is at most ``size`` px (k >= 1)."""
-    k = -(-max(image.shape[-2:]) // size)
+    k = _factor(image, size)
     if k <= 1:
         return image
     parts = torch.view_as_real(image).permute(2, 0, 1) if image.is_complex() else image[None]
     pooled = torch.nn.functional.avg_pool2d(parts[None], k, ceil_mode=True)[0]
     return torch.complex(pooled[0], pooled[1]) if image.is_complex() else pooled[0]
+
+
+def _factor(image: torch.Tensor, size: int) -> int:
+    """The block size ``_small`` averages ``image`` over."""
+    return max(1, -(-max(image.shape[-2:]) // size))
 
 
 def _scanned(state: ReconState, size: int) -> np.ndarray:
@@ -65,16 +133,30 @@ def _scanned(state: ReconState, size: int) -> np.ndarray:
     return threshold(_small(illum, size).cpu().numpy())
 
 
+def _centres(state: ReconState, scale: int) -> np.ndarray:
+    """Probe-window centres (FRAME, 2) in preview pixels, at most ``MAX_POSITIONS`` of them (the newest kept)."""
+    positions = state.positions
+    n = len(positions)
+    if n > MAX_POSITIONS:
+        step = -(-n // MAX_POSITIONS)
+        keep = torch.arange(n - 1, -1, -step, device=positions.device).flip(0)
+        positions = positions[keep]
+    centres = (positions + state.probe.shape[-1] / 2) / scale - 0.5
+    return centres.cpu().numpy().astype(np.float32)
+
+
 class PreviewPublisher:
     """``offer`` after each epoch: at most one preview per ``interval_s`` (or when forced).
 
     The engine thread only takes a block-averaged host copy (at most ``size`` px); a background
     thread encodes the PNGs and calls ``on_preview``. A forced preview is never dropped (it
     replaces the oldest waiting one). ``close`` publishes what is queued and joins the thread.
+    ``pixel_size`` (metres per object pixel; 0 unknown) is set by the run once it knows the geometry.
     """
 
     def __init__(self, on_preview: Callable[[Preview], None], interval_s: float = 0.5, size: int = 256) -> None:
         self.on_preview, self.interval_s, self.size = on_preview, interval_s, size
+        self.pixel_size = 0.0
         self._last = -float("inf")
         self._queue: queue.Queue[Preview | None] = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._encode, name="previews", daemon=True)
@@ -86,7 +168,8 @@ class PreviewPublisher:
             return False
         self._last = now
         obj = _small(state.object, self.size)
-        probe = _small(state.probe[0].abs(), self.size)
+        scale = _factor(state.object, self.size)
+        modes = state.probe[:MAX_MODES] if len(state.probe) > MAX_MODES else state.probe
         preview = Preview(
             iteration,
             frames_used,
@@ -94,8 +177,12 @@ class PreviewPublisher:
             time.time(),
             obj.abs().cpu().numpy().astype(np.float32),
             obj.angle().cpu().numpy().astype(np.float32),
-            probe.cpu().numpy().astype(np.float32),
+            _small(state.probe[0].abs(), self.size).cpu().numpy().astype(np.float32),
             _scanned(state, self.size),
+            modes.detach().cpu().numpy().astype(np.complex64),
+            _centres(state, scale),
+            scale,
+            self.pixel_size,
         )
         try:
             self._queue.put_nowait(preview)
@@ -109,9 +196,7 @@ class PreviewPublisher:
 
     def _encode(self) -> None:
         while (preview := self._queue.get()) is not None:
-            preview.png = {
-                k: png(k, getattr(preview, k), None if k == "probe" else preview.region, annotate=False) for k in KINDS
-            }
+            encode(preview)
             self.on_preview(preview)
 
     def close(self) -> None:

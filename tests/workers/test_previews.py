@@ -46,3 +46,27 @@ def test_previews_are_small_windowed_pngs() -> None:
     grey = np.asarray(Image.open(io.BytesIO(preview.png["amplitude"])).convert("L"))[preview.region]
     lo, hi = np.percentile(grey, [1, 99])
     assert lo < 20 and hi > 235, (lo, hi)
+
+
+def test_previews_describe_each_channel_for_its_bars() -> None:
+    s = recon_state()
+    s.probe = torch.cat([s.probe, 0.3 * s.probe.roll(3, -1)])
+    got: list[Preview] = []
+    publisher = PreviewPublisher(got.append, size=SIZE // 2)
+    publisher.pixel_size = 20e-9
+    publisher.offer(s, iteration=1, frames_used=len(s.positions), loss=0.1, force=True)
+    publisher.close()
+    (preview,) = got
+    assert list(preview.meta) == list(preview.png) == ["amplitude", "phase", "probe", "probe_2", "probe_farfield"]
+    amplitude = preview.meta["amplitude"]
+    assert amplitude["pixel_size_m"] == 40e-9 and preview.meta["probe"]["pixel_size_m"] == 20e-9
+    inside = preview.amplitude[preview.region]
+    assert amplitude["lo"] < np.percentile(inside, 50) < amplitude["hi"] < 0.05  # the scanned part, not the border
+    assert preview.meta["probe"]["title"] == "probe mode 1 (92% power)"
+    assert preview.meta["probe_2"]["title"] == "probe mode 2 (8% power)"
+    far = preview.meta["probe_farfield"]
+    assert far["pixel_size_m"] == 0 and far["width"] == far["height"] == s.probe.shape[-1]
+    for name, meta in preview.meta.items():
+        assert Image.open(io.BytesIO(preview.png[name])).size == (meta["width"], meta["height"]), name
+    centres = s.positions.numpy() + s.probe.shape[-1] / 2
+    assert np.allclose(preview.positions, centres / 2 - 0.5, atol=1e-4)
