@@ -1,7 +1,8 @@
 """The job store in Redis: the job state machine (written once, here), the queue, leases, progress and previews.
 
 Keys (all under the configured prefix): ``job:{id}`` hash (state, spec, progress), ``job:{id}:loss`` list,
-``job:{id}:logs`` list, ``job:{id}:preview:{kind}`` PNG bytes, ``job:{id}:lease`` (expires unless a worker
+``job:{id}:logs`` list, ``job:{id}:preview:{channel}`` PNG bytes, ``job:{id}:channels``, ``job:{id}:positions``
+and ``job:{id}:frames`` JSON (the live view), ``job:{id}:lease`` (expires unless a worker
 renews it), ``job:{id}:cancel`` flag, ``state:{state}`` sets, ``jobs`` zset by creation time, ``queue``
 list of queued ids, ``worker:{name}`` (expires) and the ``workers`` zset of their expiry times.
 Every change is published on the ``job:{id}:events`` channel as JSON.
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
 import redis
 
@@ -38,6 +40,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+ViewPart = Literal["positions", "frames"]
 LOG_LINES = 1000
 STORE_TIMEOUT_S = 10.0  # a store call that hangs (a stopped server, a partition) fails after this, never blocks
 DOORBELL_RINGS = 100  # the doorbell list wakes idle workers; longer than this it only repeats itself
@@ -127,6 +130,23 @@ return 'final:' .. cur
 """
 
 
+# ARGV[5..]: job id, the terminal states (space-separated), the suffixes of the job's other keys...
+#   ->  'missing' | 'ok' (the job and its keys are gone) | 'refused:<state>' (it has not ended)
+_FORGET = """
+local id, terminal = ARGV[5], ' ' .. ARGV[6] .. ' '
+local cur = redis.call('HGET', job_key(id), 'state')
+if not cur then return 'missing' end
+if not string.find(terminal, ' ' .. cur .. ' ', 1, true) then return 'refused:' .. cur end
+for i = 7, #ARGV do redis.call('DEL', job_key(id, ARGV[i])) end
+redis.call('DEL', job_key(id))
+redis.call('SREM', prefix .. 'state:' .. cur, id)
+redis.call('ZREM', prefix .. 'jobs', id)
+return 'ok'
+"""
+JOB_KEYS = ("loss", "logs", "lease", "cancel", "channels", "positions", "frames")
+"""Suffixes of a job's keys besides its hash and its preview images (``preview:<channel>``)."""
+
+
 class JobNotFound(KeyError):
     """No job with this id."""
 
@@ -142,7 +162,13 @@ class JobStore:
         self.r, self.prefix = client, prefix
         self._scripts = {
             name: client.register_script(_LUA_LIB + body)
-            for name, body in (("transition", _TRANSITION), ("claim", _CLAIM), ("take", _TAKE), ("cancel", _CANCEL))
+            for name, body in (
+                ("transition", _TRANSITION),
+                ("claim", _CLAIM),
+                ("take", _TAKE),
+                ("cancel", _CANCEL),
+                ("forget", _FORGET),
+            )
         }
 
     @classmethod
@@ -292,10 +318,21 @@ class JobStore:
     def losses(self, job_id: str) -> list[float]:
         return [float(v) for v in self.r.lrange(self.key("job", job_id, "loss"), 0, -1)]
 
-    def put_preview(self, job_id: str, images: Mapping[str, bytes], *, iteration: int) -> None:
+    def put_preview(
+        self,
+        job_id: str,
+        images: Mapping[str, bytes],
+        *,
+        iteration: int,
+        channels: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Store a preview's PNGs by channel name and, if given, the channels' descriptions (display range,
+        colour map, pixel size: ``workers.previews.encode``); publish a ``preview`` event."""
         pipe = self.r.pipeline()
         for kind, data in images.items():
             pipe.set(self.key("job", job_id, "preview", kind), data)
+        if channels:
+            pipe.set(self.key("job", job_id, "channels"), json.dumps({"iteration": iteration, "channels": channels}))
         pipe.hset(self.key("job", job_id), "preview_iteration", iteration)
         pipe.publish(self.channel(job_id), json.dumps({"event": "preview", "iteration": iteration}))
         pipe.execute()
@@ -303,6 +340,34 @@ class JobStore:
     def preview(self, job_id: str, kind: str) -> bytes | None:
         data = self.r.get(self.key("job", job_id, "preview", kind))
         return bytes(data) if data is not None else None
+
+    def put_view(self, job_id: str, part: ViewPart, value: Mapping[str, Any]) -> None:
+        """Store one part of a job's live view as JSON: its scan ``positions`` or its ``frames`` accounting
+        (the reporter writes them at a bounded rate); publish it as an event of that name."""
+        body = json.dumps(value)
+        pipe = self.r.pipeline()
+        pipe.set(self.key("job", job_id, part), body)
+        pipe.publish(self.channel(job_id), json.dumps({"event": part, "iteration": value.get("iteration")}))
+        pipe.execute()
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """A job's live view: ``channels`` (the latest preview's images), ``positions``, ``frames``; each None
+        until first stored."""
+        names = ("channels", "positions", "frames")
+        raw = self.r.mget([self.key("job", job_id, name) for name in names])
+        return {name: None if value is None else json.loads(value) for name, value in zip(names, raw, strict=True)}
+
+    def forget(self, job_id: str) -> None:
+        """Delete an ended job and every key it has (its result file is left alone); TransitionError if it has
+        not ended."""
+        channels = (self.view(job_id)["channels"] or {}).get("channels", [])
+        previews = {"amplitude", "phase", "probe", *(str(c["name"]) for c in channels)}
+        suffixes = [*JOB_KEYS, *(f"preview:{name}" for name in sorted(previews))]
+        out = str(self._run("forget", job_id, " ".join(sorted(TERMINAL)), *suffixes))
+        if out == "missing":
+            raise JobNotFound(job_id)
+        if out != "ok":
+            raise TransitionError(f"job {job_id} is {out.removeprefix('refused:')}: only ended jobs can be deleted")
 
     def log(self, job_id: str, line: str) -> None:
         pipe = self.r.pipeline()

@@ -54,3 +54,20 @@ def test_cancel_queued_and_running(store: JobStore) -> None:
     assert store.cancel_requested(running)
     with pytest.raises(TransitionError):
         store.request_cancel(queued)
+
+
+def test_view_parts_and_forgetting_an_ended_job(store: JobStore) -> None:
+    job_id = store.create(spec=spec())
+    assert store.view(job_id) == {"channels": None, "positions": None, "frames": None}
+    channels = [{"name": "amplitude", "lo": 0.0}, {"name": "probe_2", "lo": 0.0}]
+    store.put_preview(job_id, {"amplitude": b"a", "probe_2": b"p"}, iteration=4, channels=channels)
+    store.put_view(job_id, "positions", {"iteration": 4, "points": [1.0, 2.0]})
+    view = store.view(job_id)
+    assert view["channels"] == {"iteration": 4, "channels": channels} and view["positions"]["points"] == [1.0, 2.0]
+    assert store.preview(job_id, "probe_2") == b"p"
+    with pytest.raises(TransitionError, match="only ended jobs"):
+        store.forget(job_id)
+    store.request_cancel(job_id)
+    store.forget(job_id)
+    assert not store.r.keys(store.key("job", job_id) + "*") and job_id not in store.ids()
+    assert sum(store.counts().values()) == 0
