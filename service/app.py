@@ -18,7 +18,7 @@ from service.errors import validation_error
 from service.events import EventHub
 from service.guard import BodyGuard
 from service.redact import Redactor
-from service.routes import dashboard, health, jobs, session
+from service.routes import dashboard, files, health, jobs, session, view
 from service.settings import Settings
 from service.store import JobNotFound, JobStore, TransitionError
 from service.supervise import reap_forever
@@ -51,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = EventHub(settings.redis_url, settings.key_prefix, settings.max_event_streams)
     app.state.redactor = Redactor(settings.data_root, settings.results_root)
     app.include_router(jobs.router)
+    app.include_router(view.router)
+    app.include_router(files.router)
     app.include_router(session.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
