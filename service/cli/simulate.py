@@ -9,6 +9,7 @@ from service.cli.common import Subparsers, UsageError
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.fluorescence import is_element
     from workers.io import write_cxi
     from workers.runtime import check_output
     from workers.simulate import simulate
@@ -20,6 +21,10 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--photons must be positive (inf for no noise), got {args.photons}")
     if args.position_error < 0:
         raise UsageError(f"--position-error must be >= 0, got {args.position_error}")
+    elements = tuple(e.strip() for e in args.xrf.split(",") if e.strip()) if args.xrf else ()
+    for element in elements:
+        if not is_element(element):
+            raise UsageError(f"--xrf: {element!r} is not an element symbol")
     check_output(args.out)
     data = simulate(
         probe_size=args.probe_size,
@@ -31,6 +36,8 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         scan=args.scan,
         position_error=args.position_error,
         seed=args.seed,
+        xrf=elements,
+        link=args.xrf_link,
     )
     write_cxi(args.out, data, data.truth)
     return {
@@ -41,7 +48,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         "propagation": data.geometry.kind,
         "pixel_size_m": data.geometry.pixel_size,
         "mean_counts_per_frame": float(data.intensities.sum(axis=(1, 2)).mean()),
-    }
+    } | ({"xrf_elements": list(elements)} if elements else {})
 
 
 def register(sub: Subparsers) -> None:
@@ -57,5 +64,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--scan", choices=["fermat", "raster", "random"], default="fermat", help="scan pattern")
     p.add_argument("--position-error", type=float, default=0.0, help="RMS error added to recorded positions, px")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--xrf", metavar="EL,EL", help="simulate fluorescence of these elements (e.g. Fe,Zn) and their maps")
+    p.add_argument(
+        "--xrf-link", choices=["physical", "linear"], default="physical", help="how the maps make the absorption"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_simulate)
