@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from workers.errors import DataError
+from workers.fluorescence import Fluorescence
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class ScanData:
                   in the scan's own frame (any origin).
     mask        : (M, M) bool, True where a pixel is valid; None means all valid.
     probe       : (MODE, M, M) complex64 guess, or None.
-    truth       : ground truth (``object``, ``probe``, ``positions``) of simulated scans.
+    truth       : ground truth (``object``, ``probe``, ``positions``; ``elements/<name>`` maps where
+                  fluorescence was simulated) of simulated scans.
+    fluorescence: per-frame X-ray fluorescence counts (``workers.fluorescence``), or None.
     """
 
     intensities: np.ndarray
@@ -48,6 +51,7 @@ class ScanData:
     probe: np.ndarray | None = None
     source: str = "<memory>"
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    fluorescence: Fluorescence | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,9 +92,12 @@ class ScanData:
         g = self.geometry
         if g.kind == "near" and min(g.wavelength, g.distance, g.pixel_size) <= 0:
             raise DataError(f"{src}: geometry: near-field needs wavelength, distance and pixel size > 0, got {g}")
+        if self.fluorescence is not None:
+            self.fluorescence.validate(src, i.shape[0])
 
     def subset(self, index: np.ndarray | slice) -> ScanData:
         """The frames ``index`` of this scan (sharing geometry, mask and probe guess)."""
+        xrf = None if self.fluorescence is None else self.fluorescence.subset(index)
         return ScanData(
-            self.intensities[index], self.positions[index], self.geometry, self.mask, self.probe, self.source
+            self.intensities[index], self.positions[index], self.geometry, self.mask, self.probe, self.source, {}, xrf
         )

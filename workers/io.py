@@ -23,6 +23,7 @@ from workers import layout
 from workers.atomic import replacing
 from workers.data import Geometry, ScanData
 from workers.errors import DataError
+from workers.fluorescence import read_fluorescence, write_fluorescence
 from workers.units import (
     DEFAULT_BASIS,
     corners_from_translations,
@@ -151,7 +152,11 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
         near_field = extra is not None and extra.attrs.get("propagation", "far") == "near"
     if focus_distance is None and extra is not None and "focus_distance" in extra.attrs:
         focus_distance = float(extra.attrs["focus_distance"])
-    truth = {k: np.asarray(_read(v, path)) for k, v in f[f"{EXTRA}/truth"].items()} if f"{EXTRA}/truth" in f else {}
+    truth = {}
+    if f"{EXTRA}/truth" in f:
+        f[f"{EXTRA}/truth"].visititems(
+            lambda k, v: truth.__setitem__(k, np.asarray(_read(v, path))) if isinstance(v, h5py.Dataset) else None
+        )
 
     m = frames.shape[-1]
     kind = "near" if near_field else "far"
@@ -165,7 +170,7 @@ def _read_cxi_open(f: h5py.File, path: Path, near_field: bool | None, focus_dist
     corners = corners_from_translations(translation, (dy, dx), m, basis)
     if translation.shape[0] != frames.shape[0]:
         raise DataError(f"{path}: translation: {translation.shape[0]} positions for {frames.shape[0]} frames")
-    return ScanData(frames, corners, geometry, mask, probe, str(path), truth)
+    return ScanData(frames, corners, geometry, mask, probe, str(path), truth, read_fluorescence(f, path, len(frames)))
 
 
 def read_tike_npz(path: Path) -> ScanData:
@@ -227,6 +232,8 @@ def write_cxi(path: str | Path, data: ScanData, truth: Mapping[str, np.ndarray] 
             extra.attrs["focus_distance"] = focus
         for key, value in (truth or {}).items():
             extra.create_dataset(f"truth/{key}", data=value)
+        if data.fluorescence is not None:
+            write_fluorescence(f, data.fluorescence)
 
 
 def write_result(

@@ -3,6 +3,11 @@
 Far-field defaults: 12.4 keV (lambda = 1e-10 m), detector 2 m away, 75 um pixels; near field:
 a parallel beam, 0.5 um sample-plane pixels, 5 cm propagation. The simulated scan's frame of
 reference is the truth object's array, so ``truth["positions"]`` index ``truth["object"]``.
+
+With ``xrf`` elements, element maps (areal densities, g/cm^2) at the object's resolution make the
+object's absorption through a link (``workers.xrf_model``), and fluorescence counts
+s_e sum_r |P(r - x_j)|^2 w_e(r) (self-absorption neglected) are recorded per frame, with Poisson
+noise when ``photons`` is finite; the maps are kept as truth ``elements/<symbol>``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from workers import layout, physics
+from workers import layout, physics, xrf_model
 from workers.data import Geometry, ScanData
+from workers.fluorescence import Fluorescence, default_sensitivity, energy_kev, mass_attenuation
 from workers.probe_start import beam_diameter, defocused
 
 WAVELENGTH = 1e-10
@@ -53,6 +59,27 @@ def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     amplitude = 0.5 + 0.5 * (0.6 * sharp_a + 0.4 * _smooth(rng, shape, 6.0))
     phase = 2.0 * (0.6 * sharp_p + 0.4 * _smooth(rng, shape, 10.0)) - 1.0
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def make_element_maps(shape: tuple[int, int], n_elements: int, rng: np.random.Generator) -> np.ndarray:
+    """Element patterns (ELEMENT, H, W) in [0, 1]: sharp discs, bars and 1-3 px dots (finer than a
+    focused beam) over a weak smooth background; each element has its own pattern."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    maps = np.zeros((n_elements, h, w))
+    for m in maps:
+        for _ in range(max(6, h * w // 900)):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4.0, min(h, w) / 12))
+            if rng.uniform() < 0.5:
+                inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            else:
+                inside = (abs(yy - cy) < r) & (abs(xx - cx) < r / 3)
+            m[inside] = rng.uniform(0.3, 1.0)
+        for _ in range(max(4, h * w // 1500)):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.7, 1.6)
+            m[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1.0
+        m += 0.15 * _smooth(rng, shape, 8.0)
+    return maps / maps.max(axis=(1, 2), keepdims=True)
 
 
 def make_probe(size: int, kind: ProbeKind, rng: np.random.Generator, geometry: Geometry) -> np.ndarray:
@@ -127,8 +154,15 @@ def simulate(
     scan: ScanKind = "fermat",
     position_error: float = 0.0,
     seed: int = 0,
+    xrf: tuple[str, ...] = (),
+    link: xrf_model.Link = "physical",
+    absorption: float = 0.5,
 ) -> ScanData:
     """Simulate a scan: Poisson noise at ``photons`` per frame (``inf`` for none).
+
+    ``xrf``: element symbols whose maps make the object's absorption (peak sum_e mu_e w_e =
+    ``absorption``) through ``link`` (``physical``: |O| = exp(-1/2 sum mu w), phase from the test
+    object; ``linear``: O = |test object| + i sum mu w, the seed's weak-object form).
 
     ``overlap`` is 1 - step / beam diameter; ``position_error`` (pixels, RMS per axis) perturbs
     the recorded positions, while the truth keeps the exact ones. Returns data whose
@@ -147,6 +181,15 @@ def simulate(
     corners = centres - centres.min(0) + margin
     size = np.ceil(corners.max(0) + m + margin).astype(int)
     obj = make_object((int(size[0]), int(size[1])), rng)
+    truth_maps: dict[str, np.ndarray] = {}
+    fluorescence = None
+    if xrf:
+        mu = mass_attenuation(xrf, energy_kev(geometry.wavelength))
+        maps = make_element_maps(obj.shape, len(xrf), rng) * (absorption / len(xrf) / mu)[:, None, None]
+        u = torch.from_numpy(maps * mu[:, None, None]).float()
+        base = torch.from_numpy(np.angle(obj) if link == "physical" else np.abs(obj))
+        obj = xrf_model.linked_object(link, base.float(), u).numpy().astype(np.complex64)
+        truth_maps = {f"elements/{e}": m.astype(np.float32) for e, m in zip(xrf, maps, strict=True)}
 
     prop = physics.propagator(geometry, m, "cpu")
     corner, frac = physics.split_positions(torch.from_numpy(corners))
@@ -154,6 +197,13 @@ def simulate(
     far = prop.forward(physics.exit_waves(torch.from_numpy(probe)[None], patches))
     clean = layout.to_detector(physics.intensity(far).numpy().astype(np.float64), geometry.kind)
     frames = rng.poisson(clean).astype(np.float32) if math.isfinite(photons) else clean.astype(np.float32)
+    if xrf:
+        sensitivity = default_sensitivity(xrf, energy_kev(geometry.wavelength))
+        scale = torch.from_numpy(sensitivity / mu).float()
+        illum = xrf_model.illumination(torch.from_numpy(probe)[None])
+        expected = xrf_model.expected_counts(illum, u, corner, frac, scale).double().numpy()
+        counts = rng.poisson(expected) if math.isfinite(photons) else expected
+        fluorescence = Fluorescence(counts.astype(np.float32), xrf)
     recorded = corners + rng.normal(0, position_error, corners.shape) if position_error else corners
-    truth = {"object": obj, "probe": probe[None], "positions": corners}
-    return ScanData(frames, recorded, geometry, None, None, "<simulation>", truth)
+    truth = {"object": obj, "probe": probe[None], "positions": corners} | truth_maps
+    return ScanData(frames, recorded, geometry, None, None, "<simulation>", truth, fluorescence)
