@@ -136,7 +136,7 @@ def run(
         return make_engine(stage.engine, state, geometry, options, mask=mask, seed=seed + k)
 
     engine = engine_for(engine_stages[0], live=source.live)
-    engine.add_frames(first.intensities, first.positions)
+    engine.add_frames(first.intensities, first.positions, first.fluorescence)
     if resume is not None:
         restore(state, resume.state)
     reuse_first = not source.live
@@ -178,7 +178,7 @@ def run(
                 run.epoch(k, engine, run.done + stage.iterations - i + later, scheduled=True, force=force)
                 force = False
     run.final_preview(engine)
-    return run.result({"frames_used": engine.n_frames} | source.final_attrs(run))
+    return run.result({"frames_used": engine.n_frames} | engine.report() | source.final_attrs(run))
 
 
 def _progress(resume: Checkpoint | None, schedule: Sequence[Stage], run: RunRecord) -> list[int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +16,8 @@ class ReconState:
     probe     : (MODE, M, M) complex64.
     positions : (FRAME, 2) float64, probe-window corners in object-array pixels.
     origin    : (2,) float64 such that object coordinates = scan coordinates + origin.
+    elements  : element symbol -> (H, W) float32 areal density map (g/cm^2), where a joint
+                fluorescence engine runs; grown with the object (zeros outside).
     """
 
     object: torch.Tensor
@@ -23,6 +25,7 @@ class ReconState:
     positions: torch.Tensor
     origin: np.ndarray
     margin: int = 8
+    elements: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, probe: np.ndarray, *, margin: int = 8, device: torch.device | str = "cpu") -> ReconState:
@@ -53,6 +56,9 @@ class ReconState:
         grown = torch.ones((hi[0] - lo[0], hi[1] - lo[1]), dtype=torch.complex64, device=self.device)
         grown[-lo[0] : -lo[0] + h, -lo[1] : -lo[1] + w] = self.object
         self.object = grown
+        for name, old in self.elements.items():
+            self.elements[name] = torch.zeros(grown.shape, dtype=old.dtype, device=self.device)
+            self.elements[name][-lo[0] : -lo[0] + h, -lo[1] : -lo[1] + w] = old
         self.origin = self.origin - lo
         if self.positions.numel():
             self.positions = self.positions - torch.as_tensor(lo, dtype=torch.float64, device=self.device)
@@ -65,10 +71,10 @@ class ReconState:
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Host copies (never views of the state, also on the CPU): object (H, W), probe (MODE, M, M),
-        positions (FRAME, 2), origin (2,)."""
+        positions (FRAME, 2), origin (2,), and ``elements/<symbol>`` (H, W) maps if any."""
         return {
             "object": self.object.detach().to("cpu", copy=True).numpy(),
             "probe": self.probe.detach().to("cpu", copy=True).numpy(),
             "positions": self.positions.detach().to("cpu", copy=True).numpy(),
             "origin": self.origin.copy(),
-        }
+        } | {f"elements/{k}": v.detach().to("cpu", copy=True).numpy() for k, v in self.elements.items()}

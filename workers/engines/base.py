@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from workers import layout, physics
 from workers.data import Geometry
 from workers.engines.options import OPTIONS, BatchedOptions, EngineName, EngineOptions
 from workers.errors import DataError
+from workers.fluorescence import Fluorescence
 from workers.state import ReconState
 
 
@@ -55,6 +56,7 @@ class Engine(ABC):
         self.mask = None if shifted is None else torch.as_tensor(shifted, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.amplitudes = torch.empty((0, self.size, self.size), dtype=torch.float32, device=self.device)
+        self.fluorescence: Fluorescence | None = None  # counts of every frame received (arrival order), if any
         self.n_frames = 0
         self.total_intensity = 0.0
         self.subpixel = False
@@ -72,8 +74,11 @@ class Engine(ABC):
         power = _power(self.state.probe)
         self.state.probe.mul_((self.probe_power / power.clamp(min=torch.finfo(power.dtype).tiny)).sqrt())
 
-    def add_frames(self, intensities: np.ndarray, positions: np.ndarray) -> None:
-        """Append frames (n, M, M) in detector layout (``workers.layout``) at scan positions (n, 2) pixels.
+    def add_frames(
+        self, intensities: np.ndarray, positions: np.ndarray, fluorescence: Fluorescence | None = None
+    ) -> None:
+        """Append frames (n, M, M) in detector layout (``workers.layout``) at scan positions (n, 2) pixels,
+        with their fluorescence counts (n columns) when the scan records them (every frame or none).
 
         Frames may be float or raw integer counts: they move to the device in their own dtype
         (integers: half the bytes of float32) and become amplitudes there.
@@ -83,6 +88,7 @@ class Engine(ABC):
         if positions.shape != (intensities.shape[0], 2):
             raise DataError(f"positions: expected shape ({intensities.shape[0]}, 2), got {positions.shape}")
         n_new = intensities.shape[0]
+        self.fluorescence = self._joined_fluorescence(fluorescence, n_new)
         frames = torch.from_numpy(np.ascontiguousarray(intensities)).to(self.device).to(torch.float32)
         amp_t = layout.to_model(frames, self.geometry.kind).sqrt()
         need = self.n_frames + n_new
@@ -97,12 +103,32 @@ class Engine(ABC):
         self.state.append_positions(np.asarray(positions, dtype=np.float64))
         self.positions_changed()
 
+    def _joined_fluorescence(self, new: Fluorescence | None, n_new: int) -> Fluorescence | None:
+        """The counts so far with ``new`` (n_new frames) appended; refuses a scan that records them for some frames."""
+        old = self.fluorescence
+        if new is None and old is None:
+            return None
+        if new is None or (old is None and self.n_frames):
+            first, last = self.n_frames, self.n_frames + n_new - 1
+            raise DataError(f"fluorescence: frames {first}..{last}: the scan has counts for some frames only")
+        new.validate("fluorescence", n_new)
+        if old is None:
+            return new
+        if new.elements != old.elements:
+            raise DataError(f"fluorescence: elements {list(new.elements)} after {list(old.elements)}")
+        return Fluorescence(np.concatenate([old.counts, new.counts], 1), old.elements, old.sensitivity, old.units)
+
     def adopt_frames(self, other: Engine) -> None:
         """Take over the frames of the previous engine on the same state (the next schedule stage)."""
         if other.state is not self.state:
             raise ValueError("adopt_frames: engines must share one ReconState")
         self.amplitudes, self.n_frames, self.total_intensity = other.amplitudes, other.n_frames, other.total_intensity
+        self.fluorescence = other.fluorescence
         self.positions_changed()
+
+    def report(self) -> dict[str, Any]:
+        """Result attributes this engine adds (none by default; joint-xrf: its link and alpha)."""
+        return {}
 
     def positions_changed(self) -> None:
         """Recompute what depends on the positions (call after refining them)."""
