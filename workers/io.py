@@ -23,7 +23,7 @@ from workers import layout
 from workers.atomic import replacing
 from workers.data import Geometry, ScanData
 from workers.errors import DataError
-from workers.fluorescence import read_fluorescence, write_fluorescence
+from workers.fluorescence import MAP_UNITS, read_fluorescence, write_fluorescence
 from workers.units import (
     DEFAULT_BASIS,
     corners_from_translations,
@@ -244,7 +244,8 @@ def write_result(
     time_s: np.ndarray,
     attrs: Mapping[str, Any],
 ) -> None:
-    """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes.
+    """Write a result HDF5 (DESIGN.md): object, probe, positions, origin, history/{loss,time_s}, attributes,
+    and ``elements/<symbol>`` (H, W) maps (attributes ``units``, ``element``) where a joint XRF engine ran.
 
     Atomic and durable (``workers.atomic``): a reader never sees half a file.
     """
@@ -255,6 +256,10 @@ def write_result(
         f["origin"] = np.asarray(state["origin"], dtype=np.float64)
         f["history/loss"] = np.asarray(loss, dtype=np.float64)
         f["history/time_s"] = np.asarray(time_s, dtype=np.float64)
+        for key, value in state.items():
+            if key.startswith("elements/"):
+                f[key] = np.asarray(value, dtype=np.float32)
+                f[key].attrs.update(units=MAP_UNITS, element=key.partition("/")[2])
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -283,4 +288,6 @@ def read_result(path: str | Path) -> dict[str, Any]:
         out["loss"] = _read(f["history/loss"], path) if "history/loss" in f else np.zeros(0)
         out["time_s"] = _read(f["history/time_s"], path) if "history/time_s" in f else np.zeros(0)
         out["attrs"] = dict(f.attrs)
+        if "elements" in f:
+            out["elements"] = {k: _read(v, path) for k, v in f["elements"].items()}
     return out

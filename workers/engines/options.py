@@ -19,6 +19,7 @@ class EngineName(StrEnum):
     BH_CG = "bh-cg"
     BH_QN = "bh-qn"
     PINE = "pine"
+    JOINT_XRF = "joint-xrf"
 
 
 class EngineOptions(BaseModel):
@@ -128,6 +129,26 @@ class BHQNOptions(BHOptions):
     )
 
 
+class JointXRFOptions(BatchedOptions):
+    """Joint ptychography + X-ray fluorescence (seed 004): phase, non-negative element maps and probe
+    by Adam on F = ptychography residual / sum I + alpha fluorescence residual / norm."""
+
+    batch_size: int = Field(32, ge=1, description="Frames per Adam step (their diffraction and fluorescence).")
+    lr: float = Field(0.05, gt=0, description="Learning rate of the phase (or object) and element absorptions.")
+    link: Literal["physical", "linear", "none"] = Field(
+        "physical",
+        description="Object from the maps: physical |O| = exp(-1/2 sum mu w); linear O = x + i sum mu w (seed's "
+        "weak-object link); none: object and maps fitted apart (ptychography and fluorescence deconvolution).",
+    )
+    fluorescence_loss: Literal["gaussian", "poisson"] = Field(
+        "gaussian", description="Fluorescence residual: sum (f - D)^2 / sum D^2, or the Poisson deviance / sum D."
+    )
+    alpha: float | None = Field(
+        None, ge=0, description="Fluorescence weight; None: GradNorm at the start (seed sec. 2.3) times alpha_scale."
+    )
+    alpha_scale: float = Field(1.0, gt=0, description="Factor on the GradNorm weight (the seed tunes it to the noise).")
+
+
 OPTIONS: dict[EngineName, type[EngineOptions]] = {
     EngineName.EPIE: EPIEOptions,
     EngineName.RPIE: RPIEOptions,
@@ -136,4 +157,5 @@ OPTIONS: dict[EngineName, type[EngineOptions]] = {
     EngineName.BH_CG: BHCGOptions,
     EngineName.BH_QN: BHQNOptions,
     EngineName.PINE: PINEOptions,
+    EngineName.JOINT_XRF: JointXRFOptions,
 }

@@ -11,12 +11,15 @@ from workers.data import Geometry
 from workers.engines.adam import Adam
 from workers.engines.base import Engine
 from workers.engines.bh import BHCG, BHGD, BHQN
+from workers.engines.joint_xrf import JointXRF
 from workers.engines.options import OPTIONS, EngineName, EngineOptions
 from workers.engines.pie import EPIE, RPIE
 from workers.engines.pine import PINE
 from workers.state import ReconState
 
-ENGINES: dict[EngineName, type[Engine]] = {cls.name: cls for cls in (EPIE, RPIE, Adam, BHGD, BHCG, BHQN, PINE)}
+ENGINES: dict[EngineName, type[Engine]] = {
+    cls.name: cls for cls in (EPIE, RPIE, Adam, BHGD, BHCG, BHQN, PINE, JointXRF)
+}
 if set(ENGINES) != set(EngineName):
     raise ImportError(f"engines without a class: {sorted(set(EngineName) - set(ENGINES))}")
 

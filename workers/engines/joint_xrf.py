@@ -1,0 +1,164 @@
+"""Joint ptychography + X-ray fluorescence (seed 004) by autodiff: one objective, one optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers import physics, xrf_model
+from workers.engines.base import BatchedEngine, orthogonalize_modes
+from workers.engines.options import EngineName, JointXRFOptions
+from workers.errors import DataError
+from workers.fluorescence import MAP_UNITS, Fluorescence, energy_kev, mass_attenuation
+
+Tensor = torch.Tensor
+
+
+class JointXRF(BatchedEngine):
+    """Minimise F = sum_j || |D(P S_j O)| - sqrt(I_j) ||^2 / sum I + alpha sum_{e,j} rho(f_ej, D_ej) / norm.
+
+    f_ej = k_e sum_x |P(x)|^2 u_e(x + r_j) are the expected fluorescence counts (seed eq. 2.1) of the
+    absorptions u_e = mu_e w_e (``workers.xrf_model``), O = link(base, u) ties the object to the maps
+    (seed sec. 2.2; ``link="none"`` fits O freely and u to the fluorescence alone: the separate
+    inversions), rho is Gaussian or Poisson. Unknowns: the base (phase or real part), u >= 0
+    (projected after every step) and the probe; Adam steps per mini-batch of frames with their
+    counts. alpha: GradNorm at the first epoch, ||grad_O F_ptycho|| / ||grad_u F_fluor|| (seed
+    sec. 2.3, beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
+    re-read from the state (lossless: the state holds O and w) and Adam's moments restart.
+    """
+
+    name = EngineName.JOINT_XRF
+    options: JointXRFOptions
+    alpha: float | None = None
+    _opt: torch.optim.Adam | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = self.options.alpha
+        self.fluorescence_history: list[float] = []
+        self._shape: tuple[int, ...] = ()
+
+    def _counts(self) -> tuple[Fluorescence, Tensor, Tensor, np.ndarray]:
+        """The fluorescence so far: its record, counts (ELEMENT, FRAME), scale k_e (ELEMENT,), mu_e."""
+        flu = self.fluorescence
+        if flu is None:
+            raise DataError("joint-xrf: the scan has no fluorescence counts (xrf/ group or MAPS maps; see README)")
+        energy = energy_kev(self.geometry.wavelength)
+        mu = mass_attenuation(flu.elements, energy)
+        scale = torch.as_tensor(flu.sensitivities(energy) / mu, dtype=torch.float32, device=self.device)
+        return flu, torch.as_tensor(flu.counts, dtype=torch.float32, device=self.device), scale, mu
+
+    def _parameters(self, flu: Fluorescence, mu: np.ndarray) -> None:
+        """(Re)build base, u and the optimiser from the state when the object is new or has grown."""
+        state = self.state
+        if self._opt is not None and self._shape == tuple(state.object.shape):
+            return
+        link = self.options.link
+        if all(e in state.elements for e in flu.elements):
+            w = torch.stack([state.elements[e] for e in flu.elements])
+            u = w * torch.as_tensor(mu, dtype=torch.float32, device=self.device)[:, None, None]
+        else:
+            u = torch.zeros((len(flu.elements), *state.object.shape), device=self.device)
+        if link == "none":
+            self.base = state.object
+        else:
+            base, a = xrf_model.unlinked(link, state.object, len(flu.elements))
+            self.base = base.contiguous()
+            if not all(e in state.elements for e in flu.elements):
+                u = a
+        self.u = u.contiguous()
+        lr = self.options.lr
+        probe_lr = lr * float(state.probe.abs().square().mean().sqrt())
+        groups = [{"params": [self.base, self.u], "lr": lr}, {"params": [state.probe], "lr": probe_lr}]
+        self._opt = torch.optim.Adam(groups)
+        self._shape = tuple(state.object.shape)
+
+    def _object(self) -> Tensor:
+        link = self.options.link
+        return self.base if link == "none" else xrf_model.linked_object(link, self.base, self.u)
+
+    def _terms(self, index: Tensor, counts: Tensor, scale: Tensor, obj: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed ptychographic and fluorescence residuals of the frames ``index``."""
+        corner, frac = self.split(index)
+        patches = physics.patches(obj, corner, frac, self.size, physics.SUBPIXEL_PAD)
+        far = self.propagator.forward(physics.exit_waves(self.state.probe, patches))
+        ptycho = physics.amplitude_residual(physics.model_amplitude(far), self.amplitudes[index], self.mask)
+        model = xrf_model.expected_counts(xrf_model.illumination(self.state.probe), self.u, corner, frac, scale)
+        return ptycho, xrf_model.fluorescence_residual(model, counts[:, index], self.options.fluorescence_loss)
+
+    def _norm(self, counts: Tensor) -> float:
+        return float(counts.square().sum() if self.options.fluorescence_loss == "gaussian" else counts.sum()) or 1.0
+
+    def gradnorm_alpha(self, counts: Tensor, scale: Tensor) -> float:
+        """alpha = ||grad_O F_ptycho|| / ||grad_u F_fluor|| at the current state (seed sec. 2.3), x alpha_scale."""
+        obj = self._object().detach().requires_grad_(True)
+        self.u.requires_grad_(True)
+        try:
+            for index in self.batches():
+                ptycho, fluor = self._terms(index, counts, scale, obj)
+                (ptycho / self.total_intensity + fluor / self._norm(counts)).backward()
+            g_obj, g_u = obj.grad, self.u.grad
+        finally:
+            self.u.requires_grad_(False)
+            self.u.grad = None
+        g_fluor = float(torch.linalg.vector_norm(g_u)) if g_u is not None else 0.0
+        ratio = float(torch.linalg.vector_norm(g_obj)) / g_fluor if g_obj is not None and g_fluor > 0 else 1.0
+        return ratio * self.options.alpha_scale
+
+    def epoch_step(self, update_probe: bool) -> torch.Tensor:
+        state = self.state
+        flu, counts, scale, mu = self._counts()
+        self._parameters(flu, mu)
+        if self.alpha is None:
+            self.alpha = self.gradnorm_alpha(counts, scale)
+        opt, norm = self._opt, self._norm(counts)
+        assert opt is not None
+        residual = torch.zeros((), device=self.device)
+        fluor_total = torch.zeros((), device=self.device)
+        params = [self.base, self.u]
+        for p in params:
+            p.requires_grad_(True)
+        state.probe.requires_grad_(update_probe)
+        try:
+            for index in self.batches():
+                ptycho, fluor = self._terms(index, counts, scale, self._object())
+                opt.zero_grad(set_to_none=True)
+                (ptycho / self.total_intensity + self.alpha * fluor / norm).backward()
+                opt.step()
+                with torch.no_grad():
+                    self.u.clamp_(min=0)
+                residual += ptycho.detach()
+                fluor_total += fluor.detach()
+        finally:
+            for p in (*params, state.probe):
+                p.requires_grad_(False)
+        if update_probe:
+            state.probe.copy_(orthogonalize_modes(state.probe))
+        self._publish(flu, mu)
+        self.fluorescence_history.append(float(fluor_total) / norm)
+        return residual
+
+    def _publish(self, flu: Fluorescence, mu: np.ndarray) -> None:
+        """Write the object and the element maps (g/cm^2) into the state."""
+        with torch.no_grad():
+            if self.options.link != "none":
+                self.state.object.copy_(self._object())
+            for e, name in enumerate(flu.elements):
+                self.state.elements[name] = (self.u[e] / float(mu[e])).clone()
+
+    def report(self) -> dict[str, Any]:
+        flu = self.fluorescence
+        return {
+            "xrf_link": self.options.link,
+            "xrf_alpha": float(self.alpha) if self.alpha is not None else float("nan"),
+            "xrf_fluorescence_loss": self.options.fluorescence_loss,
+            "xrf_elements": ",".join(flu.elements) if flu is not None else "",
+            "element_units": MAP_UNITS,
+        }
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        out = super().snapshot()
+        out["fluorescence_loss"] = np.asarray(self.fluorescence_history)
+        return out
