@@ -1,13 +1,16 @@
-// PtychoStream operator dashboard: polls the job list and health, follows one job over SSE.
-// Where reads need a token, it asks for one once and trades it for an HttpOnly session cookie
-// (POST /api/session), which the browser then sends with every fetch, image and event stream.
+// PtychoStream operator dashboard: polls health, the job list and the followed job's view; follows its loss over
+// SSE. Reads use an HttpOnly session cookie where they need a token (POST /api/session); writes (submit, cancel,
+// clear) send the API token from this tab's sessionStorage in an Authorization header, never in a URL.
 "use strict";
 
+import { drawFrameMap, drawLoss, drawScanMap } from "./plots.js";
+import { resizeScalebars, showChannels } from "./images.js";
+import { phase, etaText, accountingRows } from "./status.js";
+
 const $ = (id) => document.getElementById(id);
-let selected = null;   // job id shown on the right
-let pinned = false;    // true once the operator clicked a job
-let source = null;     // EventSource of the selected job
-let losses = [];
+const TOKEN_KEY = "ptychostream.token";
+const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+const ui = { selected: null, pinned: false, source: null, losses: [], job: null, view: null, health: null, log: "" };
 
 function esc(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -19,17 +22,48 @@ function fmt(x, digits = 4) {
 
 class SignInNeeded extends Error {}
 
-async function getJSON(url) {
+/** GET ``url`` as JSON; ``also`` lists error statuses whose body is still the answer (health's 503). */
+async function getJSON(url, also = []) {
   const r = await fetch(url, { cache: "no-store", signal: AbortSignal.timeout(10000) });
   if (r.status === 401) throw new SignInNeeded(url);
-  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  if (!r.ok && !also.includes(r.status)) throw new Error(`${url}: ${r.status}`);
   return r.json();
 }
 
+/** A write call with this tab's API token; resolves to the reply's JSON or throws the server's one-line detail. */
+async function write(method, url, body) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) throw new Error("enter the API token (top right) to do this");
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const reply = await r.json().catch(() => ({}));
+  if (r.status === 401) throw new Error("this token cannot write: enter the API token");
+  if (!r.ok) throw new Error(reply.detail || `${method} ${url}: ${r.status}`);
+  return reply;
+}
+
+function showToken() {
+  const held = sessionStorage.getItem(TOKEN_KEY) !== null;
+  $("token-state").textContent = held ? "token held in this tab" : "read-only";
+  $("token-form").hidden = held;
+  $("token-forget").hidden = !held;
+}
+
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("write-token-input").value.trim();
+  $("write-token-input").value = "";
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  showToken();
+});
+$("token-forget").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); showToken(); });
+
 function askToSignIn() {
   $("login").hidden = false;
-  if (source) { source.close(); source = null; }
-  selected = null;
+  $("status").textContent = "Sign in to see the jobs.";
+  if (ui.source) { ui.source.close(); ui.source = null; }
+  ui.selected = null;
 }
 
 $("login").addEventListener("submit", async (e) => {
@@ -39,6 +73,8 @@ $("login").addEventListener("submit", async (e) => {
   try {
     const r = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
     if (!r.ok) throw new Error(r.status === 401 ? "wrong token" : `sign-in failed: ${r.status}`);
+    sessionStorage.setItem(TOKEN_KEY, token);  // writes say so if it is only the read token
+    showToken();
     $("login").hidden = true;
     $("login-error").textContent = "";
     poll();
@@ -47,95 +83,190 @@ $("login").addEventListener("submit", async (e) => {
   }
 });
 
-function drawLoss() {
-  const c = $("loss-curve"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const ys = losses.filter((v) => v > 0).map(Math.log10);
-  if (ys.length < 2) return;
-  const lo = Math.min(...ys), hi = Math.max(...ys), span = hi - lo || 1;
-  g.strokeStyle = "#58a6ff"; g.lineWidth = 2; g.beginPath();
-  ys.forEach((y, i) => {
-    const px = 10 + (i / (ys.length - 1)) * (c.width - 20);
-    const py = 10 + (1 - (y - lo) / span) * (c.height - 20);
-    i ? g.lineTo(px, py) : g.moveTo(px, py);
-  });
-  g.stroke();
-  g.fillStyle = "#8b949e"; g.font = "14px system-ui";
-  g.fillText(`log10 loss: ${hi.toFixed(2)} … ${lo.toFixed(2)}`, 14, 20);
+/** The epoch at which a stream job's scan ended (the schedule's epochs all come after it), or null. */
+function scanEnd(job) {
+  const p = job.progress;
+  if (!("stream" in job.request.input) || p.streaming || p.iteration === 0) return null;
+  const after = job.request.schedule.reduce((n, s) => n + (s.iterations || 0), 0);
+  return Math.max(p.total_iterations - after, 0);
+}
+
+function redraw() {
+  const job = ui.job;
+  $("loss-curve").dataset.points = drawLoss($("loss-curve"), ui.losses, job ? scanEnd(job) : null, job?.progress.streaming);
+  $("scan-map").dataset.points = drawScanMap($("scan-map"), ui.view?.positions);
+  $("frame-map").dataset.cells = drawFrameMap($("frame-map"), ui.view?.frames);
 }
 
 function showJob(job) {
-  const p = job.progress;
+  const p = job.progress, live = !ENDED.has(job.state);
+  ui.job = job;
   $("job-id").textContent = job.id;
   $("job-state").textContent = job.state;
   $("job-state").className = `state ${job.state}`;
-  $("iteration").textContent = `${p.iteration} / ${p.total_iterations}`;
-  $("loss").textContent = fmt(p.loss);
-  $("frames").textContent = `${p.frames_received} / ${p.frames_expected ?? "?"}`;
+  $("job-engine").textContent = p.engine ? `${p.engine} (stage ${p.stage + 1})` : "";
+  $("iteration").textContent = p.iteration ? `${p.iteration} / ${p.total_iterations}` : live ? "not yet" : "none";
+  $("loss").textContent = p.loss === null ? (live ? "not yet" : "none") : fmt(p.loss);
+  const stream = "stream" in job.request.input;
+  $("frames").textContent = stream ? `${p.frames_received} / ${p.frames_expected ?? "?"}` : p.frames_used ? `${p.frames_used} (file)` : "file";
   $("frames-used").textContent = p.frames_used;
-  $("ingest").textContent = `${fmt(p.frames_rate, 3)} frames/s`;
-  $("iter-rate").textContent = `${fmt(p.iteration_rate, 3)} it/s`;
-  $("eta").textContent = p.eta_s === null || p.eta_s < 0 ? "—" : `${Math.round(p.eta_s)} s`;
-  $("frames-bar").max = p.frames_expected || 1;
-  $("frames-bar").value = p.frames_received;
+  const scanOver = !live || ui.view?.frames?.ended;
+  $("ingest").textContent = !stream ? "file" : scanOver ? "scan ended" : p.frames_received ? `${fmt(p.frames_rate, 3)} /s` : "—";
+  $("iter-rate").textContent = live && p.iteration_rate ? `${fmt(p.iteration_rate, 3)} /s` : "—";
+  const eta = etaText(job, ui.view);
+  $("eta").textContent = eta.total;
+  $("eta-detail").textContent = eta.detail;
   $("message").textContent = job.message;
-  if (p.preview_iteration !== null) refreshImages(job.id, p.preview_iteration);
+  $("cancel").disabled = !live;
+  const result = job.state === "succeeded" || job.state === "cancelled" || /partial result/.test(job.message);
+  $("download").classList.toggle("disabled", !result);
+  $("download").setAttribute("aria-disabled", String(!result));
+  if (result) { $("download").href = `/api/jobs/${job.id}/result`; $("download").download = `${job.id}.h5`; }
+  else $("download").removeAttribute("href");
 }
 
-let shownPreview = null;
-function refreshImages(id, iteration) {
-  const key = `${id}:${iteration}`;
-  if (key === shownPreview) return;
-  shownPreview = key;
-  for (const kind of ["amplitude", "phase", "probe"]) {
-    $(`img-${kind}`).src = `/api/jobs/${id}/preview/${kind}.png?i=${iteration}`;
-  }
+function showView(view) {
+  ui.view = view;
+  showChannels($("channels"), view.id, view.channels);
+  const box = $("accounting");
+  box.innerHTML = accountingRows(ui.job, view).map(([k, v, cls]) => `<dt>${esc(k)}</dt><dd class="${cls || ""}">${esc(v)}</dd>`).join("");
+  const pos = view.positions;
+  $("scan-caption").textContent = pos ? `scan map: ${pos.frames_used} positions used, newest ringed` : "scan map";
 }
 
 async function follow(id) {
-  if (source) source.close();
-  selected = id;
-  losses = await getJSON(`/api/jobs/${id}/loss`);
-  drawLoss();
+  if (ui.source) ui.source.close();
+  ui.selected = id;
+  ui.view = null;
+  $("channels").replaceChildren();
+  ui.losses = await getJSON(`/api/jobs/${id}/loss`);
   showJob(await getJSON(`/api/jobs/${id}`));
-  source = new EventSource(`/api/jobs/${id}/events`);
-  source.addEventListener("progress", (e) => {
+  redraw();
+  ui.source = new EventSource(`/api/jobs/${id}/events`);
+  ui.source.addEventListener("progress", (e) => {
     const d = JSON.parse(e.data);
-    if (d.loss !== undefined) { losses.push(d.loss); drawLoss(); }
+    if (d.loss !== undefined && ui.selected === id) { ui.losses.push(d.loss); redraw(); }
   });
-  source.addEventListener("preview", (e) => refreshImages(id, JSON.parse(e.data).iteration));
-  source.onerror = () => { source.close(); source = null; };
+  ui.source.onerror = () => { ui.source.close(); ui.source = null; };
+}
+
+async function refreshSelected(jobs) {
+  const job = jobs.find((j) => j.id === ui.selected) || (await getJSON(`/api/jobs/${ui.selected}`));
+  showJob(job);
+  const live = !ENDED.has(job.state);
+  if (live || !ui.view || ui.view.state !== job.state) showView(await getJSON(`/api/jobs/${job.id}/view`));
+  ui.log = live ? ((await getJSON(`/api/jobs/${job.id}/logs`)).lines.at(-1) || "") : "";
+  if (!live && ui.losses.length < job.progress.iteration) ui.losses = await getJSON(`/api/jobs/${job.id}/loss`);
+  redraw();
+}
+
+function showJobs(jobs) {
+  $("jobs").innerHTML = jobs.map((j) =>
+    `<tr data-id="${esc(j.id)}" class="${j.id === ui.selected ? "selected" : ""}"><td class="id">${esc(j.id)}</td>` +
+    `<td class="state ${esc(j.state)}">${esc(j.state)}</td><td>${j.progress.iteration}</td>` +
+    `<td>${fmt(j.progress.loss, 3)}</td></tr>`
+  ).join("");
+  const filter = $("job-filter").value;
+  $("jobs-note").textContent = `${jobs.length} ${filter || ""} job${jobs.length === 1 ? "" : "s"}`.replace("  ", " ");
 }
 
 async function poll() {
   try {
-    const health = await getJSON("/api/health");
+    const health = await getJSON("/api/health", [503]);
+    ui.health = health;
     $("health").textContent = `redis ${health.redis ? "ok" : "down"} · queue ${health.queue_depth} · workers ${health.workers.length}`;
     $("health").className = `health ${health.status === "ok" ? "ok" : "bad"}`;
-    $("workers").innerHTML = health.workers
-      .map((w) => `<li>${esc(w.name)} — ${esc(w.device)}${w.job ? ` — job ${esc(w.job)}` : " — idle"}</li>`).join("");
-    const jobs = (await getJSON("/api/jobs?limit=50")).data;
-    $("jobs").innerHTML = jobs.map((j) =>
-      `<tr data-id="${esc(j.id)}" class="${j.id === selected ? "selected" : ""}"><td>${esc(j.id)}</td>` +
-      `<td class="state ${esc(j.state)}">${esc(j.state)}</td><td>${j.progress.iteration}</td>` +
-      `<td>${fmt(j.progress.loss, 3)}</td></tr>`
-    ).join("");
-    const running = jobs.find((j) => j.state === "running");
-    const target = pinned ? selected : (running || jobs[0] || {}).id;
-    if (target && target !== selected) await follow(target);
-    const current = jobs.find((j) => j.id === selected);
-    if (current) showJob(current);
+    $("workers").innerHTML = health.workers.length
+      ? health.workers.map((w) => `<li>${esc(w.name)} — ${esc(w.device)}${w.job ? ` — job ${esc(w.job)}` : " — idle"}</li>`).join("")
+      : "<li class=\"dim\">none alive yet</li>";
+    const filter = $("job-filter").value;
+    const jobs = (await getJSON(`/api/jobs?limit=100${filter ? `&state=${filter}` : ""}`)).data;
+    showJobs(jobs);
+    const running = jobs.find((j) => j.state === "running") || jobs.find((j) => j.state === "queued");
+    const target = ui.pinned ? ui.selected : (running || jobs[0] || {}).id;
+    if (target && target !== ui.selected) await follow(target);
+    if (ui.selected) await refreshSelected(jobs);
+    $("status").textContent = phase(ui.job && ui.selected ? ui.job : null, health, ui.view, ui.log);
+    $("status").className = `status ${ui.job?.state || ""}`;
   } catch (err) {
     if (err instanceof SignInNeeded) { askToSignIn(); return; }
     $("health").textContent = `API unreachable: ${err.message}`;
     $("health").className = "health bad";
+    $("status").textContent = "The API does not answer; retrying every second.";
   }
 }
 
 $("jobs").addEventListener("click", (e) => {
   const row = e.target.closest("tr");
-  if (row) { pinned = true; follow(row.dataset.id); }
+  if (row) { ui.pinned = true; follow(row.dataset.id).then(poll); }
 });
+$("job-filter").addEventListener("change", poll);
+
+$("cancel").addEventListener("click", async () => {
+  try {
+    const reply = await write("POST", `/api/jobs/${ui.selected}/cancel`);
+    $("message").textContent = reply.detail;
+  } catch (err) { $("message").textContent = `cancel: ${err.message}`; }
+  poll();
+});
+
+$("clear-ended").addEventListener("click", async () => {
+  const filter = $("job-filter").value, which = ENDED.has(filter) ? filter : "ended";
+  if (!confirm(`Delete every ${which} job's record from the list? Their result files stay on disk.`)) return;
+  try {
+    const reply = await write("DELETE", `/api/jobs${ENDED.has(filter) ? `?state=${filter}` : ""}`);
+    $("jobs-note").textContent = `deleted ${reply.count} ended job${reply.count === 1 ? "" : "s"}`;
+    if (reply.deleted.includes(ui.selected)) { ui.pinned = false; ui.selected = null; }
+  } catch (err) { $("jobs-note").textContent = `clear: ${err.message}`; }
+  poll();
+});
+
+/** The schedule field: comma-separated ``engine:epochs`` stages or transform names; empty: the default. */
+function parseSchedule(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean).map((stage) => {
+    const [name, epochs] = stage.split(":").map((s) => s.trim());
+    if (epochs === undefined) return { transform: name };
+    if (!/^\d+$/.test(epochs)) throw new Error(`schedule: "${stage}": epochs must be a whole number`);
+    return { engine: name, iterations: Number(epochs) };
+  });
+}
+
+async function loadFiles() {
+  const select = $("submit-file"), kept = select.value;
+  try {
+    const { files, truncated } = await getJSON("/api/files");
+    select.innerHTML = files.length
+      ? files.map((f) => `<option value="${esc(f.path)}">${esc(f.path)} (${(f.size / 1e6).toFixed(1)} MB)</option>`).join("")
+      : "<option value=\"\">(no scan files under the data root)</option>";
+    if (truncated) select.insertAdjacentHTML("beforeend", "<option disabled>(more not listed)</option>");
+    if (files.some((f) => f.path === kept)) select.value = kept;
+  } catch (err) {
+    if (!(err instanceof SignInNeeded)) select.innerHTML = `<option value="">(cannot list files: ${esc(err.message)})</option>`;
+  }
+}
+$("submit-file").addEventListener("focus", loadFiles);
+
+$("submit").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    const body = { input: { file: $("submit-file").value }, device: $("submit-device").value, modes: Number($("submit-modes").value) };
+    const schedule = parseSchedule($("submit-schedule").value);
+    if (schedule.length) body.schedule = schedule;
+    const { id } = await write("POST", "/api/jobs", body);
+    $("submit-result").textContent = `queued job ${id}`;
+    $("submit-result").className = "ok";
+    ui.pinned = true;
+    await follow(id);
+  } catch (err) {
+    $("submit-result").textContent = err.message;
+    $("submit-result").className = "bad";
+  }
+  poll();
+});
+
+window.addEventListener("resize", () => { redraw(); resizeScalebars($("channels")); });
+showToken();
+loadFiles();
 // The next poll starts a second after the last one ended: a slow server never piles up requests.
 (async function loop() {
   await poll();
