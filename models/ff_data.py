@@ -125,8 +125,8 @@ def write_shard(folder: Path, shard: int, config: DataConfig, seed: int) -> Path
     path = shard_path(folder, shard)
     if path.exists():
         with h5py.File(path, "r") as f:
-            made = (json.loads(f.attrs["config"]), int(f.attrs["seed"]))
-        if made != (json.loads(json.dumps(asdict(config))), seed):
+            made = (_per_scan(json.loads(f.attrs["config"])), int(f.attrs["seed"]))
+        if made != (_per_scan(json.loads(json.dumps(asdict(config)))), seed):
             raise ValueError(f"{path}: made with another recipe or seed; use another data folder")
         return path
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,12 @@ def write_shard(folder: Path, shard: int, config: DataConfig, seed: int) -> Path
             for key in ("residual_warm", "residual_converged", "converge_iterations", "seconds"):
                 g.attrs[key] = pair[key]
     return path
+
+
+def _per_scan(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes a shard's scans what they are: the recipe without the number of scans (which only decides how
+    many shards there are, so that a larger data set reuses a smaller one's shards)."""
+    return {k: v for k, v in config.items() if k != "scans"}
 
 
 def shard_count(config: DataConfig) -> int:

@@ -55,10 +55,10 @@ CONFIGS = {
         tile=32,
         overlap=8,
     ),
-    # the shipped weights: small scans, about 12 min of data and 15 min of training on one CPU core
+    # the shipped weights: small scans, about 10 min of data and 10 min of training on one CPU core
     "small": TrainConfig(
         "small",
-        DataConfig(scans=72, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
+        DataConfig(scans=48, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
         DataConfig(scans=8, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
         width=12,
         crop=64,
