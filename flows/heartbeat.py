@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 
 from service.flow_api import TERMINAL, JobState, JobStore, Settings, TransitionError
@@ -21,9 +21,9 @@ _BEATING: ContextVar[Heartbeat | None] = ContextVar("ptychostream_heartbeat", de
 
 
 class Heartbeat:
-    """Every ``settings.heartbeat_s``: renew the job's lease (and announce the worker when ``device`` is given),
-    ask the job to stop once ``stop`` is set, set ``cancel`` when the store says cancel, then call the listeners.
-    The lease is released when the heartbeat ends."""
+    """Every ``settings.heartbeat_s``: renew the job's lease (and announce the worker with ``info``, its devices,
+    when given), ask the job to stop once ``stop`` is set, set ``cancel`` when the store says cancel, then call
+    the listeners. The lease is released when the heartbeat ends."""
 
     def __init__(
         self,
@@ -32,11 +32,11 @@ class Heartbeat:
         settings: Settings,
         *,
         worker: str,
-        device: str | None = None,
+        info: Mapping[str, str] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.store, self.job_id, self.settings, self.worker = store, job_id, settings, worker
-        self.device, self.stop = device, stop
+        self.info, self.stop = info, stop
         self.cancel = threading.Event()
         self._listeners: list[Callable[[], None]] = []
         self._asked = False
@@ -75,8 +75,8 @@ class Heartbeat:
     def _renew(self) -> None:
         lease_s = self.settings.lease_s
         self.store.renew(self.job_id, worker=self.worker, lease_s=lease_s)
-        if self.device is not None:
-            self.store.announce(self.worker, {"device": self.device, "job": self.job_id}, ttl_s=lease_s)
+        if self.info is not None:
+            self.store.announce(self.worker, {**self.info, "job": self.job_id}, ttl_s=lease_s)
         if self.stop is not None and self.stop.is_set() and not self._asked:
             self._asked = True
             self.store.log(self.job_id, f"worker {self.worker} shutting down: stopping the job")

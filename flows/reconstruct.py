@@ -43,8 +43,12 @@ def validate_input(store: JobStore, job_id: str) -> JobSpec:
 
 @task(cache_policy=NO_CACHE)
 def reconstruct_job(beat: Heartbeat, spec: JobSpec) -> dict[str, Any]:
-    """Run the engine schedule on the worker's device; the result file is written at the end (also when stopped)."""
-    return JobReporter(beat).run(spec)
+    """Run the engine schedule on the worker's device; the result file is written at the end (also when stopped).
+    A live scan stopped before its first frame is no failure: ``no_result`` says so (there is no result file)."""
+    try:
+        return JobReporter(beat).run(spec)
+    except StoppedBeforeFrames as exc:
+        return {"stopped": True, "no_result": str(exc)}
 
 
 RECORD_PATIENCE_S = 300.0  # how long a finished job's worker keeps trying to record it while the store is away
@@ -73,11 +77,11 @@ def reconstruct(job_id: str) -> str:
             spec = validate_input(store, job_id)
             attrs = reconstruct_job(beat, spec)
         except Exception as exc:
-            if isinstance(exc, StoppedBeforeFrames):  # a live scan cancelled before its first frame: no result
-                record(store, job_id, JobState.CANCELLED, f"{exc}; no result")
-                return JobState.CANCELLED.value
             record(store, job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}")
             raise
+        if "no_result" in attrs:
+            record(store, job_id, JobState.CANCELLED, f"{attrs['no_result']}; no result")
+            return JobState.CANCELLED.value
         stopped = bool(attrs.get("stopped"))
         state = JobState.CANCELLED if stopped else JobState.SUCCEEDED
         summary = f"{attrs.get('iterations', 0)} iterations, {attrs.get('frames_used', 0)} frames; result {spec.output}"

@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from service.cli import children
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -26,7 +28,8 @@ def ensure_redis(
     """Return None if ``url`` answers; otherwise start redis-server on its (local) port and return the process.
 
     With ``data_dir`` the server keeps an append-only file there (fsync every second), so jobs survive its
-    restart; without, it keeps nothing on disk (tests)."""
+    restart; without, it keeps nothing on disk (tests). The server runs in its own session
+    (``service.cli.children``): the caller stops it, after whatever still writes to it."""
     if reachable(url):
         return None
     parsed = urlparse(url)
@@ -41,11 +44,11 @@ def ensure_redis(
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         command += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir.resolve())]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = children.spawn(command)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if reachable(url):
             return process
         time.sleep(0.1)
-    process.terminate()
+    children.stop(process)
     raise ConnectionError(f"started redis-server for {url} but it did not answer within {wait_s} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,10 @@ class Settings(BaseSettings):
         default=True, description="Start a local redis-server if redis_url is local and unreachable."
     )
     key_prefix: str = Field(
-        default="ptychostream:", description="Prefix of every Redis key (separates deployments, tests)."
+        default="",
+        description="Prefix of every Redis key (separates instances, deployments, tests). Empty: one per instance, "
+        "derived from the results root (``ptychostream:<8 hex digits>:``), so servers started in different "
+        "folders never share jobs.",
     )
     api_token: str = Field(
         default=DEV_TOKEN, min_length=8, description="Bearer token for mutating calls (it also grants reads)."
@@ -73,6 +77,15 @@ class Settings(BaseSettings):
     save_interval_s: float = Field(
         default=30.0, gt=0, description="A running job saves its checkpoint and partial result at least this often."
     )
+    prefect_start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long ``serve`` (and ``worker --queue``) wait for the temporary Prefect server they start "
+        "when PREFECT_API_URL is unset; Prefect's own default (20 s) is too short on a loaded machine.",
+    )
+    prefect_start_attempts: int = Field(
+        default=2, ge=1, le=10, description="Starts of the temporary Prefect server before giving up."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +95,13 @@ class Settings(BaseSettings):
             production = data.get("environment", "development") == "production"
             data = {**data, "read_access": "token" if production else "open"}
         return data
+
+    @model_validator(mode="after")
+    def _instance_key_prefix(self) -> Settings:
+        """An empty ``key_prefix`` becomes this instance's own (``instance_prefix``)."""
+        if not self.key_prefix:
+            self.key_prefix = instance_prefix(self.results_root)
+        return self
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Settings:
@@ -96,3 +116,9 @@ class Settings(BaseSettings):
         if self.stream_port_min > self.stream_port_max:
             raise ValueError("stream_port_min must not exceed stream_port_max")
         return self
+
+
+def instance_prefix(results_root: Path) -> str:
+    """``ptychostream:<8 hex digits>:``, the digits from the absolute results root: one prefix per instance."""
+    digest = hashlib.sha256(str(results_root.resolve()).encode()).hexdigest()[:8]
+    return f"ptychostream:{digest}:"

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from service.cli import reconstruct, serve, simulate, stream, train
 from service.cli.common import UsageError
+from service.cli.lifecycle import Stopped
 from workers.concurrency import share_cores
 from workers.errors import DataError, DeviceError
 
@@ -64,10 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"ptychostream {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"ptychostream {args.command}: {exc}; stopped cleanly", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"ptychostream {args.command}: interrupted", file=sys.stderr)
         return 130
-    _print(summary, args.json)
+    _print(summary, getattr(args, "json", False))
     return 0
 
 

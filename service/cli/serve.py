@@ -4,13 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.cli.common import Subparsers
+from service.cli.prefect_local import PrefectStartError, TemporaryPrefect
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,61 +49,133 @@ def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_worker_queue(args: argparse.Namespace) -> dict[str, Any]:
-    import signal
+    """Consume the queue until a signal; without PREFECT_API_URL, with a temporary Prefect server of its own."""
+    import contextlib
     import threading
 
-    from flows.worker import serve_queue
+    from service.cli.lifecycle import StopSignals, start_prefect
     from service.settings import Settings
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     settings = Settings()
-    serve_queue(settings, stop=stop)
+    stop = threading.Event()
+    signals = StopSignals(stop, raise_first=False)
+    with signals.installed(), contextlib.ExitStack() as cleanup:
+        prefect = start_prefect(settings, cleanup)
+        from flows.worker import flush_prefect, serve_queue
+
+        if prefect is not None:
+            try:
+                prefect.wait_ready(stop)
+            except InterruptedError:
+                return {"queue": settings.redis_url, "stopped": True}
+            cleanup.callback(flush_prefect)
+        cleanup.callback(signals.hold)
+        serve_queue(settings, stop=stop)
     return {"queue": settings.redis_url, "stopped": True}
 
 
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
-    import signal
+    """The API, the dashboard, one worker thread and their parts (Redis, Prefect), stopped in order on any exit."""
+    import contextlib
     import threading
 
     import uvicorn
 
-    from flows.worker import serve_queue
     from service.app import create_app
+    from service.cli import children
+    from service.cli.lifecycle import StopSignals, check_port, start_prefect
     from service.demo import start_demo
     from service.redis_local import ensure_redis
     from service.settings import Settings
 
     settings = Settings()
-    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that
-    # would end the process without atexit handlers, leaving Prefect's temporary server running.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    redis_process = ensure_redis(
-        settings.redis_url, start=settings.start_redis, data_dir=settings.results_root / ".redis"
-    )
+    check_port(args.host, args.port)
     stop = threading.Event()
-    worker = threading.Thread(target=serve_queue, args=(settings,), kwargs={"stop": stop}, name="worker", daemon=True)
-    if not args.no_worker:
-        worker.start()
-    try:
-        if args.demo:
+    signals = StopSignals(stop, raise_first=True)
+    with signals.installed(), contextlib.ExitStack() as cleanup:
+        redis_process = ensure_redis(
+            settings.redis_url, start=settings.start_redis, data_dir=settings.results_root / ".redis"
+        )
+        if redis_process is not None:
+            cleanup.callback(children.stop, redis_process)
+        prefect = None
+        if not args.no_worker:
+            prefect = start_prefect(settings, cleanup)
+            from flows.worker import flush_prefect
+
+            cleanup.callback(flush_prefect)
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        )
+        job_id = None
+        if args.demo:  # the detector stops after the worker: the job is cancelled, not starved of frames
+            detector_stop = threading.Event()
+            cleanup.callback(detector_stop.set)
             job_id = start_demo(
                 settings,
                 positions=args.demo_positions,
                 rate_hz=args.demo_rate,
                 iterations_after_scan=args.demo_iterations,
-                stop=stop,
+                stop=detector_stop,
             )
             print(f"demo job {job_id}: open http://{args.host}:{args.port}/", file=sys.stderr)
+        failures: list[Exception] = []
+        if not args.no_worker:
+            worker = threading.Thread(
+                target=run_worker,
+                args=(settings, prefect, stop),
+                kwargs={"demo_job": job_id, "failures": failures, "server": server},
+                name="worker",
+                daemon=True,
+            )
+            worker.start()
+            cleanup.callback(worker.join, WORKER_STOP_S)
+        cleanup.callback(stop.set)  # before the join above: the worker stops its job, the detector its replay
+        cleanup.callback(signals.hold)
         print(f"PtychoStream on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
-    finally:
-        stop.set()
-        if worker.is_alive():
-            worker.join(timeout=60)
-        if redis_process is not None:
-            redis_process.terminate()
+        server.run()
+        if failures:
+            raise failures[0]
     return {"served": f"http://{args.host}:{args.port}/"}
+
+
+WORKER_STOP_S = 60.0  # how long serve waits for its worker to stop the running job and record its partial result
+
+
+def run_worker(
+    settings: Settings,
+    prefect: TemporaryPrefect | None,
+    stop: threading.Event,
+    *,
+    demo_job: str | None,
+    failures: list[Exception],
+    server: uvicorn.Server,
+) -> None:
+    """``serve``'s worker thread: wait for the temporary Prefect server (the demo job's log says so), then run the
+    queue until ``stop``. If Prefect does not start, fail the demo job with the cause and stop the server."""
+    from flows.worker import serve_queue
+    from service.store import JobState, JobStore, TransitionError
+
+    store = JobStore.connect(settings.redis_url, settings.key_prefix)
+    if prefect is not None:
+        if demo_job is not None:
+            store.log(
+                demo_job, f"waiting for Prefect's temporary server (up to {settings.prefect_start_timeout_s:g} s)"
+            )
+        try:
+            waited = prefect.wait_ready(stop)
+        except InterruptedError:
+            return
+        except PrefectStartError as exc:
+            failures.append(exc)
+            if demo_job is not None:
+                with contextlib.suppress(TransitionError):
+                    store.transition(demo_job, to=JobState.FAILED, message=str(exc))
+            server.should_exit = True
+            return
+        if demo_job is not None:
+            store.log(demo_job, f"Prefect's temporary server answered after {waited:.1f} s")
+    serve_queue(settings, stop=stop)
 
 
 def register(sub: Subparsers) -> None:

@@ -1,0 +1,174 @@
+"""``ptychostream serve`` as a real process: every way it ends leaves no child behind, without a traceback.
+
+Each test starts ``serve --demo`` in its own session (as a terminal would: Ctrl-C reaches its process group) on
+free ports, with a Redis of its own (so ``serve`` starts redis-server) and the temporary Prefect server, then ends
+it by Ctrl-C, SIGTERM, SIGKILL or a failed start, and checks the exit status, stderr and the children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.demo import free_port
+from tests.service.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+START_S = 120.0  # the demo job claimed (Prefect up) on a loaded 2-core machine
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Serve:
+    """One ``serve --demo`` process and what it started."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.port, self.redis_port = free_port(), free_port()
+        self.prefix = f"startup-test:{self.port}:"
+        self.env = {
+            **os.environ,
+            "PTYCHOSTREAM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "PTYCHOSTREAM_KEY_PREFIX": self.prefix,
+            "PTYCHOSTREAM_DATA_ROOT": str(tmp_path / "data"),
+            "PTYCHOSTREAM_RESULTS_ROOT": str(tmp_path / "results"),
+            **env,
+        }
+        self.env.pop("PREFECT_API_URL", None)
+        self.stderr = tmp_path / "stderr.txt"
+        command = [sys.executable, "-m", "service.cli", "serve", "--demo", "--port", str(self.port)]
+        with self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                command, cwd=tmp_path, env=self.env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            )
+
+    def store(self) -> redis.Redis:
+        return redis.Redis(port=self.redis_port, socket_connect_timeout=1)
+
+    def demo_job(self) -> dict[str, str]:
+        """The demo job's hash ({} while Redis or the job is not there yet)."""
+        try:
+            client = self.store()
+            ids = client.zrange(f"{self.prefix}jobs", 0, -1)
+            raw = client.hgetall(f"{self.prefix}job:{ids[0].decode()}") if ids else {}
+        except redis.RedisError:
+            return {}
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def end(self, timeout_s: float = 90.0) -> tuple[int, str]:
+        """Wait for the exit; its status and stderr."""
+        code = self.process.wait(timeout=timeout_s)
+        return code, self.stderr.read_text(errors="replace")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def start(**env: str) -> Serve:
+        started.append(Serve(tmp_path, env))
+        return started[-1]
+
+    yield start
+    for s in started:
+        if s.process.poll() is None:
+            os.killpg(s.process.pid, signal.SIGKILL)
+            s.process.wait()
+
+
+def wait_running(s: Serve, *, iterating: bool = False) -> set[int]:
+    """Wait until the demo job runs (Redis and Prefect up, the flow started) and, with ``iterating``, has done
+    an iteration on streamed frames; returns serve's children then."""
+
+    def ready() -> bool:
+        job = s.demo_job()
+        return job.get("state") == "running" and (not iterating or int(job.get("iteration", 0)) > 0)
+
+    wait_for(lambda: ready() or s.process.poll() is not None, START_S, "the demo job")
+    assert s.process.poll() is None, s.stderr.read_text(errors="replace")
+    kids = children_of(s.process.pid)
+    assert len(kids) >= 2, "serve should have started redis-server and the temporary Prefect server"
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_stops_serve_and_every_child_cleanly(serve: Callable[..., Serve], how: str) -> None:
+    s = serve()
+    kids = wait_running(s, iterating=how == "sigterm")  # Ctrl-C before the first frame, SIGTERM mid-scan
+    if how == "ctrl-c":  # the terminal sends SIGINT to the foreground process group
+        os.killpg(s.process.pid, signal.SIGINT)
+    else:
+        s.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code, stderr = s.end()
+    took = time.monotonic() - started
+    sig = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+    assert code == 128 + sig, stderr
+    assert "Traceback" not in stderr and f"stopped by {sig.name}" in stderr, stderr
+    assert took < 45, f"serve took {took:.0f} s to stop"
+    assert [pid for pid in kids if alive(pid)] == []
+
+
+def test_a_failed_prefect_start_fails_the_demo_job_with_its_cause(
+    serve: Callable[..., Serve], redis_server: str
+) -> None:
+    """Prefect given 0.2 s twice: serve says why on one line, the demo job (in a Redis that outlives serve)
+    carries the same cause, and the Prefect server it started is gone."""
+    s = serve(
+        PTYCHOSTREAM_PREFECT_START_TIMEOUT_S="0.2",
+        PTYCHOSTREAM_PREFECT_START_ATTEMPTS="2",
+        PTYCHOSTREAM_REDIS_URL=redis_server,
+    )
+    wait_for(lambda: children_of(s.process.pid) != set() or s.process.poll() is not None, 60, "serve's children")
+    kids = children_of(s.process.pid)
+    code, stderr = s.end()
+    assert code == 2 and "Traceback" not in stderr, stderr
+    cause = "Prefect's temporary server did not answer within 0.2 s (attempt 2 of 2"
+    assert f"ptychostream serve: error: {cause}" in stderr.splitlines()[-1], stderr
+    client = redis.Redis.from_url(redis_server)
+    (job_id,) = client.zrange(f"{s.prefix}jobs", 0, -1)
+    job = client.hgetall(f"{s.prefix}job:{job_id.decode()}")
+    client.delete(*client.scan_iter(match=f"{s.prefix}*"))
+    assert job[b"state"] == b"failed" and cause in job[b"message"].decode()
+    assert [pid for pid in kids if alive(pid)] == []
+
+
+def test_children_die_with_a_killed_serve(serve: Callable[..., Serve]) -> None:
+    """SIGKILL leaves no cleanup to run: the kernel's parent-death signal ends redis-server and Prefect."""
+    s = serve()
+    wait_for(lambda: len(children_of(s.process.pid)) >= 2 and s.demo_job() != {}, START_S, "serve to start")
+    kids = children_of(s.process.pid)
+    s.process.send_signal(signal.SIGKILL)
+    s.process.wait()
+    wait_for(lambda: not any(alive(pid) for pid in kids), 15, "the children to die with their parent")
