@@ -1,13 +1,18 @@
 """The ``serve --demo`` scan: a virtual detector streams a simulated scan into a live job.
 
+The same scan is written to ``demo.cxi`` under the data root (unless a file of that name is there), so the
+README's REST example (``{"input": {"file": "demo.cxi"}}``) works as soon as the demo runs.
+
 Torch (through the simulation and the detector) is imported inside ``run_detector`` only.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 from service.jobspec import spec_for
 from service.settings import Settings
@@ -32,12 +37,26 @@ def submit_demo_job(settings: Settings, store: JobStore, *, iterations_after_sca
     return store.create(spec=spec_for(request, settings, job_id), job_id=job_id)
 
 
-def run_detector(store: JobStore, job_id: str, *, positions: int, rate_hz: float, stop: threading.Event) -> None:
-    """Simulate a scan (probe 64 px), wait until the job listens, then replay it at ``rate_hz`` frames/s."""
+DEMO_FILE = "demo.cxi"
+
+
+def run_detector(
+    store: JobStore, job_id: str, *, positions: int, rate_hz: float, stop: threading.Event, data_root: Path
+) -> None:
+    """Simulate a scan (probe 64 px), write it under ``data_root`` (``DEMO_FILE``), wait until the job listens,
+    then replay it at ``rate_hz`` frames/s."""
+    from workers.io import write_cxi
     from workers.simulate import simulate
     from workers.stream.detector import replay
 
     data = simulate(probe_size=64, n_positions=positions, overlap=0.7, photons=1e6, seed=7)
+    target = data_root / DEMO_FILE
+    if not target.exists():
+        data_root.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{DEMO_FILE}.{os.getpid()}.part")
+        write_cxi(partial, data, data.truth)
+        partial.replace(target)
+        store.log(job_id, f"the demo scan is also in the data root as {DEMO_FILE} (for file jobs)")
     while not stop.is_set():
         job = store.get(job_id)
         if job["state"] in TERMINAL:
@@ -60,7 +79,7 @@ def start_demo(
     thread = threading.Thread(
         target=run_detector,
         args=(store, job_id),
-        kwargs={"positions": positions, "rate_hz": rate_hz, "stop": stop},
+        kwargs={"positions": positions, "rate_hz": rate_hz, "stop": stop, "data_root": settings.data_root},
         name="virtual-detector",
         daemon=True,
     )

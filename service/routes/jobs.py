@@ -69,7 +69,11 @@ def resolve_input(settings: Settings, relative: str, field: str = "input.file") 
         if not path.is_relative_to(root):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{field}: path must stay under the data root")
         if not path.is_file():
-            raise unprocessable(field, f"no such file: {relative}")
+            raise unprocessable(
+                field,
+                f"no such file: {relative} (paths resolve under the server's data root, PTYCHOSTREAM_DATA_ROOT, "
+                "default ./data where the server started; `serve --demo` writes demo.cxi there)",
+            )
     except RuntimeError:  # what resolve() raises on a symbolic link loop
         raise unprocessable(field, "a symbolic link loop") from None
     except OSError as exc:
@@ -87,7 +91,10 @@ def resolve_input(settings: Settings, relative: str, field: str = "input.file") 
 def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, replies: RepliesDep) -> JobCreated:
     """Queue a reconstruction: a file under the data root or a stream endpoint, an engine schedule, a device.
 
-    A stream job's endpoints must satisfy the endpoint policy (``stream_hosts``, ``stream_port_min``..``max``)."""
+    A stream job's endpoints must satisfy the endpoint policy (``stream_hosts``, ``stream_port_min``..``max``); a
+    CUDA ``device`` must be offered by a live worker (``auto`` and ``cpu`` run on any worker)."""
+    if problem := device_problem(request.device, store.workers()):
+        raise unprocessable("device", problem)
     job_input = request.input
     if isinstance(job_input, FileInput):
         job_input = job_input.model_copy(update={"file": str(resolve_input(settings, job_input.file))})
@@ -112,6 +119,18 @@ def create_job(request: JobCreate, settings: SettingsDep, store: StoreDep, repli
     store.create(spec=spec, job_id=job_id)
     replies.clear()
     return JobCreated(id=job_id)
+
+
+def device_problem(device: str, workers: list[dict[str, str]]) -> str | None:
+    """Why no live worker can run a job on ``device``, or None. Workers announce theirs as ``devices``
+    (``cpu,cuda,cuda:0``); every worker runs ``auto`` and ``cpu``, so those wait in the queue for one."""
+    if device in ("auto", "cpu"):
+        return None
+    offered = {d for worker in workers for d in worker.get("devices", worker.get("device", "")).split(",") if d}
+    if device in offered:
+        return None
+    have = ", ".join(sorted(offered)) if offered else "no live worker"
+    return f"no live worker offers {device} (offered: {have}); use auto or cpu"
 
 
 FILE_OPTIONS = ("denoiser",)  # engine options that name a file: resolved under the data root like inputs

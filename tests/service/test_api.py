@@ -44,7 +44,23 @@ def test_input_paths_stay_under_the_data_root(client: TestClient, scan_file: str
         r = client.post("/api/jobs", json={"input": {"file": path}, "schedule": SCHEDULE}, headers=AUTH)
         assert r.status_code == 400 and "data root" in r.json()["detail"], path
     r = client.post("/api/jobs", json={"input": {"file": "scans/none.cxi"}, "schedule": SCHEDULE}, headers=AUTH)
-    assert r.status_code == 422 and "no such file" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and detail.startswith("input.file: no such file: scans/none.cxi"), detail
+    assert "PTYCHOSTREAM_DATA_ROOT" in detail and "demo.cxi" in detail  # where paths resolve, and a file that does
+
+
+def test_a_cuda_job_needs_a_live_worker_that_offers_it(client: TestClient, store: JobStore, scan_file: str) -> None:
+    body = {"input": {"file": scan_file}, "schedule": SCHEDULE}
+    for device in ("auto", "cpu"):  # every worker runs these: queued until one is live
+        assert client.post("/api/jobs", json={**body, "device": device}, headers=AUTH).status_code == 201
+    r = client.post("/api/jobs", json={**body, "device": "cuda"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "device: no live worker offers cuda (offered: no live worker); use auto or cpu"
+    )
+    store.announce("gpu-node", {"device": "cuda", "devices": "cpu,cuda,cuda:0", "job": ""}, ttl_s=5)
+    assert client.post("/api/jobs", json={**body, "device": "cuda:0"}, headers=AUTH).status_code == 201
+    r = client.post("/api/jobs", json={**body, "device": "cuda:1"}, headers=AUTH)
+    assert r.status_code == 422 and "offered: cpu, cuda, cuda:0" in r.json()["detail"]
 
 
 def test_stream_preprocessing_files_stay_under_the_data_root(client: TestClient, scan_file: str) -> None:

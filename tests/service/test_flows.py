@@ -153,3 +153,61 @@ def test_a_stream_job_cancelled_before_any_frame_ends_cancelled(client: TestClie
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and "before any usable frame" in job["message"], job["message"]
     assert client.get(f"/api/jobs/{job_id}/result").status_code == 409
+
+
+def test_device_is_checked_against_the_live_workers(client: TestClient, worker: None, store: JobStore) -> None:
+    """The worker announces what it offers (cpu here, no CUDA); a job asking for a device no live worker has is
+    refused at submission, naming ``device``."""
+    wait_for(lambda: store.workers() != [], 30, "the worker to announce itself")
+    assert store.workers()[0]["devices"].split(",")[0] == "cpu"
+    job = {"input": {"stream": "tcp://127.0.0.1:5999"}, "device": "cuda:3"}
+    r = client.post("/api/jobs", json=job, headers=AUTH)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("device: no live worker offers cuda:3") and "offered: cpu" in detail, detail
+
+
+def test_the_demo_scan_is_a_file_job_input(client: TestClient, worker: None, settings: Settings) -> None:
+    """``serve --demo``'s scan lands in the data root as demo.cxi: the README's REST example runs on it."""
+    from service.demo import DEMO_FILE, start_demo
+
+    stop = threading.Event()
+    demo = start_demo(settings, positions=24, rate_hz=200.0, iterations_after_scan=2, stop=stop)
+    try:
+        wait_for(lambda: state(client, demo) not in ("queued", "running"), 120, "the demo job to finish")
+    finally:
+        stop.set()
+    assert state(client, demo) == "succeeded"
+    assert (settings.data_root / DEMO_FILE).is_file()
+    job_id = submit(client, DEMO_FILE, [{"engine": "epie", "iterations": 2}])
+    wait_for(lambda: state(client, job_id) not in ("queued", "running"), 90, "the file job to finish")
+    assert state(client, job_id) == "succeeded"
+
+
+def test_a_flow_run_that_cannot_start_fails_its_job_with_the_cause(
+    client: TestClient, settings: Settings, store: JobStore, scan_file: str
+) -> None:
+    """No Prefect API to talk to (a URL where nothing listens): the job fails with that cause at once, not as
+    'worker lost' after its lease expires."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.worker import serve_queue
+    from tests.service.redis_server import free_port
+
+    job_id = submit(client, scan_file, [{"engine": "epie", "iterations": 2}])
+    stop = threading.Event()
+
+    def work() -> None:  # Prefect's settings are a context variable: set in the worker's thread
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+            serve_queue(settings, stop=stop, name="no-api")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        wait_for(lambda: state(client, job_id) not in ("queued", "running"), 90, "the job to fail")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["message"].startswith("the flow run failed: "), job["message"]
+    assert "Failed to reach API" in job["message"] and "worker lost" not in job["message"], job["message"]

@@ -172,3 +172,13 @@ def test_children_die_with_a_killed_serve(serve: Callable[..., Serve]) -> None:
     s.process.send_signal(signal.SIGKILL)
     s.process.wait()
     wait_for(lambda: not any(alive(pid) for pid in kids), 15, "the children to die with their parent")
+
+
+def test_each_results_root_has_its_own_key_prefix(tmp_path: Path) -> None:
+    """Two instances started in different folders never share jobs; the same folder finds its jobs again."""
+    from service.settings import Settings
+
+    here, there = Settings(results_root=tmp_path / "a"), Settings(results_root=tmp_path / "b")
+    assert here.key_prefix != there.key_prefix and here.key_prefix.startswith("ptychostream:")
+    assert Settings(results_root=tmp_path / "a" / ".." / "a").key_prefix == here.key_prefix
+    assert Settings(results_root=tmp_path / "a", key_prefix="shared:").key_prefix == "shared:"
