@@ -88,6 +88,10 @@ class JointXRF(BatchedEngine):
         model = xrf_model.expected_counts(xrf_model.illumination(self.state.probe), self.u, corner, frac, scale)
         return ptycho, xrf_model.fluorescence_residual(model, counts[:, index], self.options.fluorescence_loss)
 
+    def _intensity(self) -> float:
+        """sum I over all frames (1 for frames of zeros: a closed shutter must not divide by 0)."""
+        return self.total_intensity if self.total_intensity > 0 else 1.0
+
     def _norm(self, counts: Tensor) -> float:
         return float(counts.square().sum() if self.options.fluorescence_loss == "gaussian" else counts.sum()) or 1.0
 
@@ -98,7 +102,7 @@ class JointXRF(BatchedEngine):
         try:
             for index in self.batches():
                 ptycho, fluor = self._terms(index, counts, scale, obj)
-                (ptycho / self.total_intensity + fluor / self._norm(counts)).backward()
+                (ptycho / self._intensity() + fluor / self._norm(counts)).backward()
             g_obj, g_u = obj.grad, self.u.grad
         finally:
             self.u.requires_grad_(False)
@@ -125,7 +129,7 @@ class JointXRF(BatchedEngine):
             for index in self.batches():
                 ptycho, fluor = self._terms(index, counts, scale, self._object())
                 opt.zero_grad(set_to_none=True)
-                (ptycho / self.total_intensity + self.alpha * fluor / norm).backward()
+                (ptycho / self._intensity() + self.alpha * fluor / norm).backward()
                 opt.step()
                 with torch.no_grad():
                     self.u.clamp_(min=0)
