@@ -175,16 +175,38 @@ def png(
     return out.getvalue()
 
 
+def result_kinds(result: Mapping[str, Any]) -> tuple[str, ...]:
+    """The views of a result: ``KINDS``, then ``elements/<symbol>`` per element map (joint fluorescence)."""
+    return KINDS + tuple(f"elements/{name}" for name in element_maps(result))
+
+
+def element_maps(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Element maps by symbol: a read result's ``elements`` dict, or a state's ``elements/<symbol>`` keys."""
+    flat = {k.partition("/")[2]: v for k, v in result.items() if k.startswith("elements/")}
+    return {**result.get("elements", {}), **flat}
+
+
 def render_result(result: Mapping[str, Any], kind: str) -> bytes:
-    """Annotated PNG of one view of a result: ``object``, ``probe``, ``positions`` arrays and ``attrs``.
+    """Annotated PNG of one view of a result: ``object``, ``probe``, ``positions``, ``elements`` arrays and ``attrs``.
 
     ``result`` as ``workers.io.read_result`` returns it (``attrs["pixel_size"]`` in metres, 0 or
-    absent: unknown, no scale bar).
+    absent: unknown, no scale bar); ``kind`` one of ``result_kinds(result)``.
     """
     obj, probe = np.asarray(result["object"]), np.asarray(result["probe"])
     region = None if kind == "probe" else illuminated_region(probe, np.asarray(result["positions"]), obj.shape)
     pixel_size = float(result.get("attrs", {}).get("pixel_size", 0.0) or 0.0)
-    return png(kind, view(kind, obj, probe), region, pixel_size=pixel_size)
+    if kind.startswith("elements/"):
+        values = np.asarray(element_maps(result)[kind.partition("/")[2]], dtype=np.float64)
+    else:
+        values = view(kind, obj, probe)
+    return png(kind, values, region, pixel_size=pixel_size)
+
+
+def title(kind: str) -> str:
+    """The heading of a view: ``TITLES``, or an element map's symbol and unit."""
+    if kind.startswith("elements/"):
+        return f"{kind.partition('/')[2]} areal density [g/cm^2]"
+    return TITLES.get(kind, kind)
 
 
 def ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
@@ -248,7 +270,7 @@ def _annotate(
     canvas = Image.new("RGB", (pad + w + pad + bar_w + fs // 3 + 4 + label_w + pad, top + h + bottom), "white")
     canvas.paste(image, (pad, top))
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, pad // 2), TITLES.get(kind, kind), fill="black", font=font)
+    draw.text((pad, pad // 2), title(kind), fill="black", font=font)
     if dimmed:
         draw.text((pad, top + h + pad // 4), "dimmed: outside the scanned area", fill=(90, 90, 90), font=small)
 

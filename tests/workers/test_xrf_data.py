@@ -112,3 +112,20 @@ def test_fluorescence_operator_adjoint(frac: float | None) -> None:
     adj = xrf_model.expected_counts_adjoint(illum, v, corner, f, scale, (20, 20))
     assert float((fwd * v).sum()) == pytest.approx(float((u * adj).sum()), rel=1e-5)
     assert physics.SUBPIXEL_PAD >= 1
+
+
+def test_element_maps_render_beside_the_object(scan: ScanData) -> None:
+    """A result's views include its element maps (read-back ``elements`` or a state's flat keys)."""
+    import io
+
+    from PIL import Image
+
+    from workers.images import render_result, result_kinds
+
+    truth = scan.truth
+    result = {"object": truth["object"], "probe": truth["probe"], "positions": truth["positions"]}
+    flat = result | {"elements/Fe": truth["elements/Fe"]}
+    nested = result | {"elements": {"Fe": truth["elements/Fe"]}}
+    assert result_kinds(flat) == result_kinds(nested) == ("amplitude", "phase", "probe", "elements/Fe")
+    image = Image.open(io.BytesIO(render_result(nested, "elements/Fe")))
+    assert image.width >= 384 and image.getextrema() != ((255, 255),) * 3
