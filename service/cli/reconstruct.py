@@ -108,13 +108,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_pngs(out: str, result: dict[str, Any]) -> list[str]:
-    """The result's amplitude, phase and probe as annotated PNGs beside ``out`` (``OUT_amplitude.png``, ...)."""
-    from workers.images import KINDS, render_result
+    """The result's amplitude, phase, probe and element maps as annotated PNGs beside ``out``
+    (``OUT_amplitude.png``, ..., ``OUT_Fe.png``)."""
+    from workers.images import render_result, result_kinds
 
     stem = str(Path(out).with_suffix(""))
     paths = []
-    for kind in KINDS:
-        path = f"{stem}_{kind}.png"
+    for kind in result_kinds(result):
+        path = f"{stem}_{kind.removeprefix('elements/')}.png"
         Path(path).write_bytes(render_result(result, kind))
         paths.append(path)
     return paths
