@@ -161,8 +161,8 @@ def simulate(
     """Simulate a scan: Poisson noise at ``photons`` per frame (``inf`` for none).
 
     ``xrf``: element symbols whose maps make the object's absorption (peak sum_e mu_e w_e =
-    ``absorption``) through ``link`` (``physical``: |O| = exp(-1/2 sum mu w), phase from the test
-    object; ``linear``: O = |test object| + i sum mu w, the seed's weak-object form).
+    ``absorption``) through ``link`` (``physical``: |O| = exp(-1/2 sum mu w); ``linear``: the seed's
+    weak-object form O = 1 - 1/2 sum mu w + i phase), the phase from the test object.
 
     ``overlap`` is 1 - step / beam diameter; ``position_error`` (pixels, RMS per axis) perturbs
     the recorded positions, while the truth keeps the exact ones. Returns data whose
@@ -187,7 +187,7 @@ def simulate(
         mu = mass_attenuation(xrf, energy_kev(geometry.wavelength))
         maps = make_element_maps(obj.shape, len(xrf), rng) * (absorption / len(xrf) / mu)[:, None, None]
         u = torch.from_numpy(maps * mu[:, None, None]).float()
-        base = torch.from_numpy(np.angle(obj) if link == "physical" else np.abs(obj))
+        base = torch.from_numpy(np.angle(obj))
         obj = xrf_model.linked_object(link, base.float(), u).numpy().astype(np.complex64)
         truth_maps = {f"elements/{e}": m.astype(np.float32) for e, m in zip(xrf, maps, strict=True)}
 

@@ -5,9 +5,12 @@ attenuation coefficient in cm^2/g, ``w_e`` the areal density in g/cm^2), so ever
 
 * Fluorescence (seed eq. 2.1, self-absorption neglected): counts_{e,j} = k_e sum_x |P(x)|^2 u_e(x + r_j)
   with ``k_e = s_e / mu_e`` (``workers.fluorescence``); the patch operator is ``physics.patches``.
-* Links from (base, u) to the object:
-  ``linear``   (seed sec. 2.2): O = base + i sum_e u_e (weak object, rotated imaginary part);
-  ``physical`` (the seed's future work): O = exp(-1/2 sum_e u_e) exp(i base), base the phase.
+* Links from (base, u) to the object, a = sum_e u_e:
+  ``physical`` (the seed's future work): O = exp(-a / 2) exp(i base), base the phase;
+  ``linear``   (seed sec. 2.2): the seed's z~ = x + i y with y = sum_e mu_e w_e in the gauge
+  z~ = exp(-i pi / 2) O, y calibrated affinely on vacuum (O = 1: y = -1) and -log|O| = a / 2,
+  i.e. y = a / 2 - 1: O = i z~ = (1 - a / 2) + i base, the weak-object linearisation of the
+  physical link (equal to first order in a and the phase ``base``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def linked_object(link: Link, base: Tensor, u: Tensor) -> Tensor:
     """The object (H, W) complex64 that ``link`` makes of ``base`` (H, W) and absorptions ``u`` (ELEMENT, H, W)."""
     a = u.sum(0)
     if link == "linear":
-        return torch.complex(base, a)
+        return torch.complex(1 - 0.5 * a, base)
     if link == "physical":
         return torch.polar(torch.exp(-0.5 * a), base)
     raise ValueError(f"link {link!r} builds no object")
@@ -66,7 +69,7 @@ def linked_object(link: Link, base: Tensor, u: Tensor) -> Tensor:
 def unlinked(link: Link, obj: Tensor, n_elements: int) -> tuple[Tensor, Tensor]:
     """(base, u) whose ``linked_object`` is nearest ``obj`` with u >= 0 split evenly among the elements."""
     if link == "linear":
-        base, a = obj.real, obj.imag.clamp(min=0)
+        base, a = obj.imag, (2 - 2 * obj.real).clamp(min=0)
     else:
         base, a = obj.angle(), (-2 * obj.abs().clamp(min=1e-6).log()).clamp(min=0)
     return base.clone(), (a / n_elements).expand(n_elements, *a.shape).clone()

@@ -137,8 +137,8 @@ class JointXRFOptions(BatchedOptions):
     lr: float = Field(0.05, gt=0, description="Learning rate of the phase (or object) and element absorptions.")
     link: Literal["physical", "linear", "none"] = Field(
         "physical",
-        description="Object from the maps: physical |O| = exp(-1/2 sum mu w); linear O = x + i sum mu w (seed's "
-        "weak-object link); none: object and maps fitted apart (ptychography and fluorescence deconvolution).",
+        description="Object from the maps: physical O = exp(-1/2 sum mu w + i phase); linear O = 1 - 1/2 sum mu w + "
+        "i x (the seed's weak-object link); none: object and maps fitted apart (ptychography, fluorescence alone).",
     )
     fluorescence_loss: Literal["gaussian", "poisson"] = Field(
         "gaussian", description="Fluorescence residual: sum (f - D)^2 / sum D^2, or the Poisson deviance / sum D."
