@@ -131,12 +131,14 @@ return 'final:' .. cur
 
 
 # ARGV[5..]: job id, the terminal states (space-separated), the suffixes of the job's other keys...
-#   ->  'missing' | 'ok' (the job and its keys are gone) | 'refused:<state>' (it has not ended)
+#   ->  'missing' | 'ok' (the job and its keys are gone) | 'refused:<state>' (it has not ended) | 'leased' (it has
+#   ended, but its worker still holds the lease: it may still write)
 _FORGET = """
 local id, terminal = ARGV[5], ' ' .. ARGV[6] .. ' '
 local cur = redis.call('HGET', job_key(id), 'state')
 if not cur then return 'missing' end
 if not string.find(terminal, ' ' .. cur .. ' ', 1, true) then return 'refused:' .. cur end
+if redis.call('EXISTS', job_key(id, 'lease')) == 1 then return 'leased' end
 for i = 7, #ARGV do redis.call('DEL', job_key(id, ARGV[i])) end
 redis.call('DEL', job_key(id))
 redis.call('SREM', prefix .. 'state:' .. cur, id)
@@ -359,13 +361,16 @@ class JobStore:
 
     def forget(self, job_id: str) -> None:
         """Delete an ended job and every key it has (its result file is left alone); TransitionError if it has
-        not ended."""
+        not ended or its worker still holds its lease (it may still write: a key written after the delete would
+        outlive the job)."""
         channels = (self.view(job_id)["channels"] or {}).get("channels", [])
         previews = {"amplitude", "phase", "probe", *(str(c["name"]) for c in channels)}
         suffixes = [*JOB_KEYS, *(f"preview:{name}" for name in sorted(previews))]
         out = str(self._run("forget", job_id, " ".join(sorted(TERMINAL)), *suffixes))
         if out == "missing":
             raise JobNotFound(job_id)
+        if out == "leased":
+            raise TransitionError(f"job {job_id} has ended but its worker is still finishing: try again shortly")
         if out != "ok":
             raise TransitionError(f"job {job_id} is {out.removeprefix('refused:')}: only ended jobs can be deleted")
 

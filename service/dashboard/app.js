@@ -77,6 +77,8 @@ $("login").addEventListener("submit", async (e) => {
     showToken();
     $("login").hidden = true;
     $("login-error").textContent = "";
+    $("status").textContent = "Signed in: loading the jobs…";
+    loadFiles();
     poll();
   } catch (err) {
     $("login-error").textContent = err.message;
@@ -93,7 +95,9 @@ function scanEnd(job) {
 
 function redraw() {
   const job = ui.job;
-  $("loss-curve").dataset.points = drawLoss($("loss-curve"), ui.losses, job ? scanEnd(job) : null, job?.progress.streaming);
+  const end = job ? scanEnd(job) : null;
+  $("loss-curve").dataset.points = drawLoss($("loss-curve"), ui.losses, end, job?.progress.streaming);
+  $("loss-curve").dataset.scanEnd = end ?? "";
   $("scan-map").dataset.points = drawScanMap($("scan-map"), ui.view?.positions);
   $("frame-map").dataset.cells = drawFrameMap($("frame-map"), ui.view?.frames);
 }
@@ -136,11 +140,14 @@ function showView(view) {
 
 async function follow(id) {
   if (ui.source) ui.source.close();
+  if (id !== ui.selected) $("control-result").textContent = "";
   ui.selected = id;
   ui.view = null;
   $("channels").replaceChildren();
-  ui.losses = await getJSON(`/api/jobs/${id}/loss`);
-  showJob(await getJSON(`/api/jobs/${id}`));
+  const losses = await getJSON(`/api/jobs/${id}/loss`), job = await getJSON(`/api/jobs/${id}`);
+  if (ui.selected !== id) return;  // the operator picked another job meanwhile
+  ui.losses = losses;
+  showJob(job);
   redraw();
   ui.source = new EventSource(`/api/jobs/${id}/events`);
   ui.source.addEventListener("progress", (e) => {
@@ -150,13 +157,24 @@ async function follow(id) {
   ui.source.onerror = () => { ui.source.close(); ui.source = null; };
 }
 
+/** Refresh the followed job, its view, last log line and (once ended) its whole loss curve; whatever arrives
+ *  after the operator picked another job is dropped. */
 async function refreshSelected(jobs) {
-  const job = jobs.find((j) => j.id === ui.selected) || (await getJSON(`/api/jobs/${ui.selected}`));
+  const id = ui.selected, current = () => ui.selected === id;
+  const job = jobs.find((j) => j.id === id) || (await getJSON(`/api/jobs/${id}`));
+  if (!current()) return;
   showJob(job);
   const live = !ENDED.has(job.state);
-  if (live || !ui.view || ui.view.state !== job.state) showView(await getJSON(`/api/jobs/${job.id}/view`));
-  ui.log = live ? ((await getJSON(`/api/jobs/${job.id}/logs`)).lines.at(-1) || "") : "";
-  if (!live && ui.losses.length < job.progress.iteration) ui.losses = await getJSON(`/api/jobs/${job.id}/loss`);
+  if (live || !ui.view || ui.view.state !== job.state) {
+    const view = await getJSON(`/api/jobs/${id}/view`);
+    if (!current()) return;
+    showView(view);
+  }
+  const log = live ? (await getJSON(`/api/jobs/${id}/logs`)).lines.at(-1) || "" : "";
+  const losses = !live && ui.losses.length < job.progress.iteration ? await getJSON(`/api/jobs/${id}/loss`) : null;
+  if (!current()) return;
+  ui.log = log;
+  if (losses) ui.losses = losses;
   redraw();
 }
 
@@ -183,8 +201,8 @@ async function poll() {
     const jobs = (await getJSON(`/api/jobs?limit=100${filter ? `&state=${filter}` : ""}`)).data;
     showJobs(jobs);
     const running = jobs.find((j) => j.state === "running") || jobs.find((j) => j.state === "queued");
-    const target = ui.pinned ? ui.selected : (running || jobs[0] || {}).id;
-    if (target && target !== ui.selected) await follow(target);
+    const newest = (running || jobs[0] || {}).id;  // followed until the operator picks a job (checked now: a
+    if (!ui.pinned && newest && newest !== ui.selected) await follow(newest);  // submit may have picked one)
     if (ui.selected) await refreshSelected(jobs);
     $("status").textContent = phase(ui.job && ui.selected ? ui.job : null, health, ui.view, ui.log);
     $("status").className = `status ${ui.job?.state || ""}`;
@@ -205,8 +223,12 @@ $("job-filter").addEventListener("change", poll);
 $("cancel").addEventListener("click", async () => {
   try {
     const reply = await write("POST", `/api/jobs/${ui.selected}/cancel`);
-    $("message").textContent = reply.detail;
-  } catch (err) { $("message").textContent = `cancel: ${err.message}`; }
+    $("control-result").textContent = reply.detail;
+    $("control-result").className = "dim";
+  } catch (err) {
+    $("control-result").textContent = `cancel: ${err.message}`;
+    $("control-result").className = "bad";
+  }
   poll();
 });
 
@@ -215,9 +237,10 @@ $("clear-ended").addEventListener("click", async () => {
   if (!confirm(`Delete every ${which} job's record from the list? Their result files stay on disk.`)) return;
   try {
     const reply = await write("DELETE", `/api/jobs${ENDED.has(filter) ? `?state=${filter}` : ""}`);
-    $("jobs-note").textContent = `deleted ${reply.count} ended job${reply.count === 1 ? "" : "s"}`;
+    const busy = reply.finishing.length ? `; ${reply.finishing.length} still finishing, try again shortly` : "";
+    $("clear-result").textContent = `· deleted ${reply.count} ended job${reply.count === 1 ? "" : "s"}${busy}`;
     if (reply.deleted.includes(ui.selected)) { ui.pinned = false; ui.selected = null; }
-  } catch (err) { $("jobs-note").textContent = `clear: ${err.message}`; }
+  } catch (err) { $("clear-result").textContent = `· clear: ${err.message}`; }
   poll();
 });
 

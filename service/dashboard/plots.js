@@ -21,14 +21,18 @@ function context(canvas) {
   return { g, w, h, font };
 }
 
-/** Ticks within [lo, hi]: the 1, 2 or 5 x 10^k step giving about ``count`` of them. */
+/** Ticks within [lo, hi]: the 1, 2 or 5 x 10^k step giving closest to ``count`` of them (as workers/images.py). */
 export function ticks(lo, hi, count = 5) {
   if (!(hi > lo)) return [lo];
-  const raw = (hi - lo) / count, base = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((f) => f * base).find((s) => s >= raw) || 10 * base;
-  const out = [];
-  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-  return out;
+  const within = (step) => {
+    const out = [];
+    for (let k = Math.ceil(lo / step - 1e-9); k <= Math.floor(hi / step + 1e-9); k++) out.push(k * step);
+    return out;
+  };
+  const e = Math.floor(Math.log10((hi - lo) / count));
+  const steps = [e - 1, e, e + 1].flatMap((k) => [1, 2, 5].map((f) => f * 10 ** k));
+  const miss = (step) => Math.abs(within(step).length - count);
+  return within(steps.reduce((best, step) => (miss(step) < miss(best) ? step : best)));
 }
 
 function label(value, step) {

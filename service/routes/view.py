@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from service.deps import Authorized, Readable, RepliesDep, StoreDep
 from service.errors import responses
-from service.store import TERMINAL, JobState, JobStore, TransitionError
+from service.store import TERMINAL, JobNotFound, JobState, TransitionError
 
 router = APIRouter(prefix="/api/jobs", tags=["view"])
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="The job's id.")]
@@ -76,6 +76,7 @@ class View(BaseModel):
 class Cleared(BaseModel):
     deleted: list[str]
     count: int
+    finishing: list[str] = Field(description="Ended jobs left alone: their workers still hold their leases.")
 
 
 READ = responses(401, 404, 422)
@@ -114,18 +115,17 @@ def clear_jobs(store: StoreDep, replies: RepliesDep, state: JobState | None = No
     if state is not None and state not in TERMINAL:
         ended = ", ".join(sorted(TERMINAL))
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"state: only ended jobs ({ended}) can be deleted")
-    deleted = [job_id for s in ([state] if state else sorted(TERMINAL)) for job_id in _forget_all(store, s)]
+    deleted: list[str] = []
+    finishing: list[str] = []
+    for ended in [state] if state else sorted(TERMINAL):
+        for job_id in store.ids(state=ended, limit=1_000_000):
+            try:
+                store.forget(job_id)
+            except JobNotFound:  # another client deleted it meanwhile
+                continue
+            except TransitionError:
+                finishing.append(job_id)
+                continue
+            deleted.append(job_id)
     replies.clear()
-    return Cleared(deleted=deleted, count=len(deleted))
-
-
-def _forget_all(store: JobStore, state: JobState) -> list[str]:
-    """Forget every job in ``state`` (ended); a job another client deleted meanwhile is skipped."""
-    gone = []
-    for job_id in store.ids(state=state, limit=1_000_000):
-        try:
-            store.forget(job_id)
-        except (KeyError, TransitionError):
-            continue
-        gone.append(job_id)
-    return gone
+    return Cleared(deleted=deleted, count=len(deleted), finishing=finishing)

@@ -80,14 +80,18 @@ def test_clearing_deletes_ended_jobs_only(client: TestClient, store: JobStore, s
         store.transition(job_id, to=state)
     store.put_preview(ended[JobState.FAILED], {"amplitude": b"png"}, iteration=1, channels=[{"name": "amplitude"}])
     store.put_view(ended[JobState.FAILED], "frames", {"received": 1})
-    queued = store.create(spec=spec())
+    queued, leased = store.create(spec=spec()), store.create(spec=spec())
+    store.transition(leased, to=JobState.RUNNING)
+    store.renew(leased, worker="w", lease_s=30)
+    store.transition(leased, to=JobState.CANCELLED)
     assert client.delete("/api/jobs").status_code == 401
     r = client.delete("/api/jobs", params={"state": "queued"}, headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"].startswith("state: only ended jobs")
     r = client.delete("/api/jobs", params={"state": "failed"}, headers=AUTH)
-    assert r.json() == {"deleted": [ended[JobState.FAILED]], "count": 1}
+    assert r.json() == {"deleted": [ended[JobState.FAILED]], "count": 1, "finishing": []}
     keys = redis.Redis.from_url(settings.redis_url).keys(settings.key_prefix + "*")
     assert not [k for k in keys if ended[JobState.FAILED].encode() in k]
     assert client.get(f"/api/jobs/{ended[JobState.FAILED]}").status_code == 404
-    assert client.delete("/api/jobs", headers=AUTH).json()["deleted"] == [ended[JobState.SUCCEEDED]]
-    assert [j["id"] for j in client.get("/api/jobs").json()["data"]] == [queued]
+    cleared = client.delete("/api/jobs", headers=AUTH).json()
+    assert cleared["deleted"] == [ended[JobState.SUCCEEDED]] and cleared["finishing"] == [leased]
+    assert sorted(j["id"] for j in client.get("/api/jobs").json()["data"]) == sorted([queued, leased])

@@ -67,7 +67,11 @@ def test_view_parts_and_forgetting_an_ended_job(store: JobStore) -> None:
     assert store.preview(job_id, "probe_2") == b"p"
     with pytest.raises(TransitionError, match="only ended jobs"):
         store.forget(job_id)
-    store.request_cancel(job_id)
+    assert store.claim(worker="w", lease_s=5, timeout_s=1) == job_id
+    store.transition(job_id, to=JobState.CANCELLED)
+    with pytest.raises(TransitionError, match="still finishing"):
+        store.forget(job_id)
+    store.release(job_id)
     store.forget(job_id)
     assert not store.r.keys(store.key("job", job_id) + "*") and job_id not in store.ids()
     assert sum(store.counts().values()) == 0
