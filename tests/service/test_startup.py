@@ -50,6 +50,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class Serve:
     """One ``serve --demo`` process and what it started."""
 
@@ -66,11 +73,18 @@ class Serve:
         }
         self.env.pop("PREFECT_API_URL", None)
         self.stderr = tmp_path / "stderr.txt"
+        self.seen: set[int] = set()  # every child seen, killed at teardown if a test failed
         command = [sys.executable, "-m", "service.cli", "serve", "--demo", "--port", str(self.port)]
         with self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
                 command, cwd=tmp_path, env=self.env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
             )
+
+    def children(self) -> set[int]:
+        """Its live descendants now (and remembered for the teardown)."""
+        kids = children_of(self.process.pid)
+        self.seen |= kids
+        return kids
 
     def store(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, socket_connect_timeout=1)
@@ -102,8 +116,12 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     yield start
     for s in started:
         if s.process.poll() is None:
+            s.children()
             os.killpg(s.process.pid, signal.SIGKILL)
             s.process.wait()
+        for pid in s.seen:
+            if alive(pid) and any(word in command_of(pid) for word in ("redis-server", "prefect")):
+                os.kill(pid, signal.SIGKILL)
 
 
 def wait_running(s: Serve, *, iterating: bool = False) -> set[int]:
@@ -116,7 +134,7 @@ def wait_running(s: Serve, *, iterating: bool = False) -> set[int]:
 
     wait_for(lambda: ready() or s.process.poll() is not None, START_S, "the demo job")
     assert s.process.poll() is None, s.stderr.read_text(errors="replace")
-    kids = children_of(s.process.pid)
+    kids = s.children()
     assert len(kids) >= 2, "serve should have started redis-server and the temporary Prefect server"
     return kids
 
@@ -150,8 +168,8 @@ def test_a_failed_prefect_start_fails_the_demo_job_with_its_cause(
         PTYCHOSTREAM_PREFECT_START_ATTEMPTS="2",
         PTYCHOSTREAM_REDIS_URL=redis_server,
     )
-    wait_for(lambda: children_of(s.process.pid) != set() or s.process.poll() is not None, 60, "serve's children")
-    kids = children_of(s.process.pid)
+    wait_for(lambda: s.children() != set() or s.process.poll() is not None, 60, "serve's children")
+    kids = s.children()
     code, stderr = s.end()
     assert code == 2 and "Traceback" not in stderr, stderr
     cause = "Prefect's temporary server did not answer within 0.2 s (attempt 2 of 2"
@@ -167,8 +185,8 @@ def test_a_failed_prefect_start_fails_the_demo_job_with_its_cause(
 def test_children_die_with_a_killed_serve(serve: Callable[..., Serve]) -> None:
     """SIGKILL leaves no cleanup to run: the kernel's parent-death signal ends redis-server and Prefect."""
     s = serve()
-    wait_for(lambda: len(children_of(s.process.pid)) >= 2 and s.demo_job() != {}, START_S, "serve to start")
-    kids = children_of(s.process.pid)
+    wait_for(lambda: len(s.children()) >= 2 and s.demo_job() != {}, START_S, "serve to start")
+    kids = s.children()
     s.process.send_signal(signal.SIGKILL)
     s.process.wait()
     wait_for(lambda: not any(alive(pid) for pid in kids), 15, "the children to die with their parent")
