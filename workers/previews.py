@@ -57,7 +57,8 @@ class Preview:
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def channels(self) -> list[tuple[str, str, str, np.ndarray, np.ndarray | None, float]]:
-        """(name, title, window kind, values, region, metres per pixel) of every image this preview shows."""
+        """(name, title, window kind, values, region, metres per pixel) of every image this preview shows; the
+        window kinds are ``workers.images.window``'s, and ``farfield`` (log values, 1st percentile to maximum)."""
         obj_px = self.pixel_size * self.scale
         out = [
             ("amplitude", "object amplitude", "amplitude", self.amplitude, self.region, obj_px),
@@ -74,7 +75,7 @@ class Preview:
         if len(self.modes):
             far = np.square(np.abs(np.fft.fftshift(np.fft.fft2(self.modes), axes=(-2, -1)))).sum(0)
             log_far = np.log10(far + 1e-6 * float(far.max()) + 1e-30).astype(np.float32)
-            out.append(("probe_farfield", "probe far-field intensity [log10]", "intensity", log_far, None, 0.0))
+            out.append(("probe_farfield", "probe far-field intensity [log10]", "farfield", log_far, None, 0.0))
         return out
 
 
@@ -83,7 +84,10 @@ def encode(preview: Preview) -> None:
     for name, title, kind, values, region, pixel_size in preview.channels():
         if kind == "phase":
             values = relative_phase(values, region)
-        lo, hi, cyclic = window(kind, values, region)
+        if kind == "farfield":  # up to the maximum: the bright centre keeps its structure
+            lo, hi, cyclic = float(np.percentile(values, 1.0)), float(values.max()), False
+        else:
+            lo, hi, cyclic = window(kind, values, region)
         out = io.BytesIO()
         Image.fromarray(colourise(values, lo, hi, cyclic, region)).save(out, format="PNG")
         preview.png[name] = out.getvalue()

@@ -98,7 +98,7 @@ function redraw() {
   const end = job ? scanEnd(job) : null;
   $("loss-curve").dataset.points = drawLoss($("loss-curve"), ui.losses, end, job?.progress.streaming);
   $("loss-curve").dataset.scanEnd = end ?? "";
-  $("scan-map").dataset.points = drawScanMap($("scan-map"), ui.view?.positions);
+  $("scan-map").dataset.points = drawScanMap($("scan-map"), ui.view?.positions, Boolean(ui.view?.frames));
   $("frame-map").dataset.cells = drawFrameMap($("frame-map"), ui.view?.frames);
 }
 
@@ -135,7 +135,9 @@ function showView(view) {
   const box = $("accounting");
   box.innerHTML = accountingRows(ui.job, view).map(([k, v, cls]) => `<dt>${esc(k)}</dt><dd class="${cls || ""}">${esc(v)}</dd>`).join("");
   const pos = view.positions;
-  $("scan-caption").textContent = pos ? `scan map: ${pos.frames_used} positions used, newest ringed` : "scan map";
+  const ringed = view.frames ? ", newest ringed" : "";
+  $("scan-caption").textContent = pos ? `scan map: ${pos.frames_used} positions used${ringed}` : "scan map";
+  $("frame-map").hidden = $("frame-legend").hidden = !view.frames;
 }
 
 async function follow(id) {

@@ -49,12 +49,12 @@ function axes(ctx, box, pad, xTicks, yTicks, yLabel, xTitle, yDown = false) {
   const Y = yDown ? (y) => top + up(y) : (y) => bottom - up(y);
   g.strokeStyle = COLOURS.grid; g.fillStyle = COLOURS.axis; g.lineWidth = 1;
   g.textAlign = "right"; g.textBaseline = "middle";
-  let labelled = -Infinity;  // a label closer than a line height to the last one is left out
+  const labelled = [];  // ticks come most important first; a label closer than a line height to one drawn is left out
   for (const y of yTicks) {
     g.beginPath(); g.moveTo(left, Y(y)); g.lineTo(right, Y(y)); g.stroke();
-    if (Math.abs(Y(y) - labelled) < ctx.font * 1.3) continue;
+    if (labelled.some((at) => Math.abs(Y(y) - at) < ctx.font * 1.3)) continue;
     g.fillText(yLabel(y), left - 6, Y(y));
-    labelled = Y(y);
+    labelled.push(Y(y));
   }
   g.textAlign = "center"; g.textBaseline = "top";
   const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : 1;
@@ -68,14 +68,21 @@ function axes(ctx, box, pad, xTicks, yTicks, yLabel, xTitle, yDown = false) {
   return { X, Y, left, right, top, bottom };
 }
 
-/** Ticks (log10 values) of a log axis over [lo, hi] (log10): decades, or 1-2-5 or every digit when it spans little. */
+/** Ticks (log10 values) of a log axis over [lo, hi] (log10): decades, or 1-2-5 or every digit when it spans little;
+ *  decades first, then 2 and 5, then the other digits (the order labels are given room in). */
 function logTicks(lo, hi) {
-  for (const digits of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+  const ranked = [[1], [2, 5], [3, 4, 6, 7, 8, 9]];
+  for (let n = 1; n <= ranked.length; n++) {
     const out = [];
-    for (let d = Math.floor(lo); d <= Math.ceil(hi); d++) {
-      for (const f of digits) { const t = d + Math.log10(f); if (t >= lo && t <= hi) out.push(t); }
+    for (const digits of ranked.slice(0, n)) {
+      for (const f of digits) {
+        for (let d = Math.floor(lo); d <= Math.ceil(hi); d++) {
+          const t = d + Math.log10(f);
+          if (t >= lo && t <= hi) out.push(t);
+        }
+      }
     }
-    if (out.length >= 3 || digits.length === 9) return out.length > 8 ? out.filter((_, i) => i % 2 === 0) : out;
+    if (out.length >= 3 || n === ranked.length) return out;
   }
   return [];
 }
@@ -119,9 +126,9 @@ export function unitFor(span) {
   return span < 2e-6 ? ["nm", 1e-9] : span < 2e-3 ? ["µm", 1e-6] : ["mm", 1e-3];
 }
 
-/** Probe positions (flat row, col list in image pixels) as a map in metres; the newest one ringed.
- *  Returns how many points were drawn. */
-export function drawScanMap(canvas, positions) {
+/** Probe positions (flat row, col list in image pixels) as a map in metres; the newest one ringed if ``live``
+ *  (a stream's). Returns how many points were drawn. */
+export function drawScanMap(canvas, positions, live) {
   const ctx = context(canvas), { g, font } = ctx;
   const pts = positions ? positions.points : [];
   const n = pts.length / 2;
@@ -144,9 +151,11 @@ export function drawScanMap(canvas, positions) {
   const Y = (row) => a.Y(row * s);  // y down, as in the images
   g.fillStyle = COLOURS.line;
   const r = Math.max(1.5, Math.min(4, 600 / Math.sqrt(n + 1) / 10));
-  for (let i = 0; i < n - 1; i++) g.fillRect(a.X(pts[2 * i + 1] * s) - r / 2, Y(pts[2 * i]) - r / 2, r, r);
-  g.strokeStyle = COLOURS.mark; g.lineWidth = 2; g.beginPath();
-  g.arc(a.X(pts[2 * n - 1] * s), Y(pts[2 * n - 2]), r + 4, 0, 2 * Math.PI); g.stroke();
+  for (let i = 0; i < n; i++) g.fillRect(a.X(pts[2 * i + 1] * s) - r / 2, Y(pts[2 * i]) - r / 2, r, r);
+  if (live) {
+    g.strokeStyle = COLOURS.mark; g.lineWidth = 2; g.beginPath();
+    g.arc(a.X(pts[2 * n - 1] * s), Y(pts[2 * n - 2]), r + 4, 0, 2 * Math.PI); g.stroke();
+  }
   return n;
 }
 
