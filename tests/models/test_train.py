@@ -1,4 +1,5 @@
-"""Training: the tiny recipe runs in seconds, seeded, and writes weights that load and a manifest that matches."""
+"""Training: the shrinkage start is the denoiser it claims, the tiny recipe runs in seconds, seeded, and writes weights
+that load and a manifest that matches."""
 
 from __future__ import annotations
 
@@ -7,9 +8,40 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from models.dncnn import load_denoiser
-from models.train import CONFIGS, train
+from models.dncnn import DnCNN, load_denoiser
+from models.fdsl import SIGMA
+from models.train import CONFIGS, _shrinkage_start, dct_filters, denoising_psnr, ptycho_patches, train
+
+
+def test_dct_filters_are_orthonormal_and_zero_mean() -> None:
+    flat = dct_filters().flatten(1)
+    assert torch.allclose(flat @ flat.T, torch.eye(8), atol=1e-6)
+    assert flat.sum(dim=1).abs().max() < 1e-6
+
+
+def test_shrinkage_start_is_dct_shrinkage_with_unit_layer_norms() -> None:
+    net = DnCNN(depth=3, channels=16)  # no middle layers: R is exactly W^T (clip(W x, t) - t)
+    _shrinkage_start(net, seed=0, thresholds=(1.0, 2.0))
+    assert net.operator_norms(iterations=200) == pytest.approx([1.0] * 3, abs=2e-3)
+    x = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(0))
+    weight = dct_filters().repeat_interleave(2, dim=0)[:, None] / (3 * 2**0.5)
+    t = torch.tensor([1.0, 2.0] * 8) * SIGMA / (3 * 2**0.5)
+    z = F.conv2d(x, weight, padding=1)
+    clipped = torch.maximum(torch.minimum(z, t[:, None, None]), -t[:, None, None])
+    expected = F.conv_transpose2d(clipped - t[:, None, None], weight, padding=1)
+    with torch.no_grad():
+        assert torch.allclose(net.residual(x), expected, atol=1e-6)
+
+
+def test_shrinkage_start_denoises_object_patches() -> None:
+    net = DnCNN()
+    _shrinkage_start(net, seed=0)
+    net.normalise_(iterations=50)
+    result = denoising_psnr(net, ptycho_patches(2, 48, seed=4), SIGMA, seed=0)
+    assert result["denoised_db"] > result["noisy_db"] + 3.0
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +60,7 @@ def test_tiny_training_writes_weights_and_manifest(tiny: Path) -> None:
     for held in ("dead_leaves", "ptycho"):
         before, after = manifest["heldout"][held]["before"], manifest["heldout"][held]["after"]
         assert before["noisy_db"] == pytest.approx(after["noisy_db"])
-        assert before["denoised_db"] > before["noisy_db"]  # R starts as a high-pass: it denoises from step 0
+        assert before["denoised_db"] > before["noisy_db"]  # R starts as DCT shrinkage: it denoises from step 0
         assert after["denoised_db"] > after["noisy_db"]
     assert 0 < manifest["lipschitz"]["measured"] <= 1.0
     net = load_denoiser(tiny / "dncnn.pt")
