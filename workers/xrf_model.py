@@ -50,7 +50,8 @@ def expected_counts_adjoint(
     """Adjoint of ``expected_counts`` in ``u``: values (ELEMENT, BATCH) -> (ELEMENT, H, W)."""
     out = []
     for e in range(values.shape[0]):
-        windows = (values[e, :, None, None] * scale[e] * illum).to(torch.complex64 if frac is not None else illum.dtype)
+        windows = values[e, :, None, None] * scale[e] * illum
+        windows = windows if frac is None else torch.complex(windows, torch.zeros_like(windows))
         img = physics.patches_adjoint(windows, corner, frac, shape, physics.SUBPIXEL_PAD)
         out.append(img.real if img.is_complex() else img)
     return torch.stack(out)

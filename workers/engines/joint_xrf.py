@@ -9,9 +9,11 @@ import torch
 
 from workers import physics, xrf_model
 from workers.engines.base import BatchedEngine, orthogonalize_modes
+from workers.engines.bh_objective import Objective
 from workers.engines.options import EngineName, JointXRFOptions
 from workers.errors import DataError
 from workers.fluorescence import MAP_UNITS, Fluorescence, energy_kev, mass_attenuation
+from workers.xrf_bh import JointBHCG, JointObjective, Point
 
 Tensor = torch.Tensor
 
@@ -74,6 +76,7 @@ class JointXRF(BatchedEngine):
         groups = [{"params": [self.base, self.u], "lr": lr}, {"params": [state.probe], "lr": probe_lr}]
         self._opt = torch.optim.Adam(groups)
         self._shape = tuple(state.object.shape)
+        self._cg = JointBHCG()
 
     def _object(self) -> Tensor:
         link = self.options.link
@@ -117,6 +120,8 @@ class JointXRF(BatchedEngine):
         self._parameters(flu, mu)
         if self.alpha is None:
             self.alpha = self.gradnorm_alpha(counts, scale)
+        if self.options.solver == "bh-cg":
+            return self._bh_epoch(update_probe, flu, counts, scale, mu)
         opt, norm = self._opt, self._norm(counts)
         assert opt is not None
         residual = torch.zeros((), device=self.device)
@@ -143,6 +148,26 @@ class JointXRF(BatchedEngine):
         self._publish(flu, mu)
         self.fluorescence_history.append(float(fluor_total) / norm)
         return residual
+
+    def _bh_epoch(
+        self, update_probe: bool, flu: Fluorescence, counts: Tensor, scale: Tensor, mu: np.ndarray
+    ) -> torch.Tensor:
+        """One BH-CG iteration on all frames (``workers.xrf_bh``); returns the residual where it linearised."""
+        assert self.alpha is not None
+        state, n = self.state, self.n_frames
+        ptycho = Objective(self.propagator, self.amplitudes[:n], self.mask, "gaussian", physics.SUBPIXEL_PAD)
+        objective = JointObjective(
+            ptycho, self.options.link, state.positions, counts, scale, self.alpha, self._intensity()
+        )
+        new, at = self._cg.step(objective, Point(self.base, self.u, state.probe), update_probe)
+        with torch.no_grad():
+            self.base.copy_(new.base)
+            self.u.copy_(new.u)
+            if update_probe:
+                state.probe.copy_(new.probe)
+        self._publish(flu, mu)
+        self.fluorescence_history.append(float(at.residual.square().sum()) / self._norm(counts))
+        return at.lin.residual
 
     def _publish(self, flu: Fluorescence, mu: np.ndarray) -> None:
         """Write the object and the element maps (g/cm^2) into the state."""

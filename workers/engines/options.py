@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EngineName(StrEnum):
@@ -147,6 +147,18 @@ class JointXRFOptions(BatchedOptions):
         None, ge=0, description="Fluorescence weight; None: GradNorm at the start (seed sec. 2.3) times alpha_scale."
     )
     alpha_scale: float = Field(1.0, gt=0, description="Factor on the GradNorm weight (the seed tunes it to the noise).")
+    solver: Literal["adam", "bh-cg"] = Field(
+        "adam",
+        description="Adam on mini-batches (autodiff), or BH-CG on all frames (seed 002's Newton steps through the "
+        "link; Gaussian fluorescence residual only).",
+    )
+
+    @model_validator(mode="after")
+    def _bh_gaussian(self) -> JointXRFOptions:
+        """BH-CG's Hessian is written for the Gaussian fluorescence residual."""
+        if self.solver == "bh-cg" and self.fluorescence_loss != "gaussian":
+            raise ValueError("solver bh-cg needs fluorescence_loss gaussian")
+        return self
 
 
 OPTIONS: dict[EngineName, type[EngineOptions]] = {
