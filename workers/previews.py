@@ -1,5 +1,5 @@
-"""Live previews: small images of the object, every probe mode and the probe's far field, throttled, PNG-encoded
-off the engine thread, each with what a viewer needs to draw its colour bar and scale bar.
+"""Live previews: small images of the object, element maps, every probe mode and the probe's far field, throttled,
+PNG-encoded off the engine thread, each with what a viewer needs to draw its colour bar and scale bar.
 
 They are windowed like result images (``workers.images``): over the scanned region, phase relative
 to its median there, unscanned pixels dimmed. The PNGs are bare (one pixel per value); each channel's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from workers import images
 from workers.images import colourise, relative_phase, threshold, window
 from workers.state import ReconState
 
@@ -36,6 +38,7 @@ class Preview:
 
     ``amplitude``/``phase`` (H, W) of the object block-averaged by ``scale``; ``probe`` (M, M) the first mode's
     amplitude; ``modes`` (MODE, M, M) complex, the probe modes; ``region`` (H, W) the scanned pixels;
+    ``elements`` element symbol -> (H, W) areal density block-averaged like the object (a joint fluorescence run);
     ``positions`` (FRAME, 2) probe centres (row, col) in preview pixels, in the order frames were added;
     ``pixel_size`` metres per object pixel (0: unknown). ``png`` and ``meta`` (by channel name) are filled
     by the encoder.
@@ -50,6 +53,7 @@ class Preview:
     probe: np.ndarray
     region: np.ndarray
     modes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.complex64))
+    elements: dict[str, np.ndarray] = field(default_factory=dict)
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     scale: int = 1
     pixel_size: float = 0.0
@@ -63,12 +67,15 @@ class Preview:
         out = [
             ("amplitude", "object amplitude", "amplitude", self.amplitude, self.region, obj_px),
             ("phase", "object phase [rad]", "phase", self.phase, self.region, obj_px),
-            ("probe", "probe amplitude (mode 1)", "probe", self.probe, None, self.pixel_size),
         ]
+        for symbol, values in self.elements.items():
+            name = "element_" + re.sub(r"[^a-z0-9]", "_", symbol.lower())
+            out.append((name, images.title(f"elements/{symbol}"), "element", values, self.region, obj_px))
+        out.append(("probe", "probe amplitude (mode 1)", "probe", self.probe, None, self.pixel_size))
         if len(self.modes) > 1:
             power = np.square(np.abs(self.modes)).sum(axis=(1, 2))
             share = power / max(float(power.sum()), 1e-30)
-            out[-1] = (*out[-1][:1], f"probe mode 1 ({100 * share[0]:.0f}% power)", *out[-1][2:])
+            out[-1] = ("probe", f"probe mode 1 ({100 * share[0]:.0f}% power)", *out[-1][2:])
             for k in range(1, min(len(self.modes), MAX_MODES)):
                 title = f"probe mode {k + 1} ({100 * share[k]:.0f}% power)"
                 out.append((f"probe_{k + 1}", title, "probe", np.abs(self.modes[k]), None, self.pixel_size))
@@ -81,7 +88,7 @@ class Preview:
 
 def encode(preview: Preview) -> None:
     """Fill ``preview.png`` and ``preview.meta``: each channel windowed as ``workers.images`` windows it."""
-    for name, title, kind, values, region, pixel_size in preview.channels():
+    for name, heading, kind, values, region, pixel_size in preview.channels():
         if kind == "phase":
             values = relative_phase(values, region)
         if kind == "farfield":  # up to the maximum: the bright centre keeps its structure
@@ -93,7 +100,7 @@ def encode(preview: Preview) -> None:
         preview.png[name] = out.getvalue()
         preview.meta[name] = {
             "name": name,
-            "title": title,
+            "title": heading,
             "lo": lo,
             "hi": hi,
             "colormap": "cyclic" if cyclic else "grey",
@@ -184,6 +191,7 @@ class PreviewPublisher:
             _small(state.probe[0].abs(), self.size).cpu().numpy().astype(np.float32),
             _scanned(state, self.size),
             modes.detach().cpu().numpy().astype(np.complex64),
+            {k: _small(v, self.size).cpu().numpy().astype(np.float32) for k, v in state.elements.items()},
             _centres(state, scale),
             scale,
             self.pixel_size,

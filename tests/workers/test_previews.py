@@ -70,3 +70,17 @@ def test_previews_describe_each_channel_for_its_bars() -> None:
         assert Image.open(io.BytesIO(preview.png[name])).size == (meta["width"], meta["height"]), name
     centres = s.positions.numpy() + s.probe.shape[-1] / 2
     assert np.allclose(preview.positions, centres / 2 - 0.5, atol=1e-4)
+
+
+def test_element_maps_are_channels_beside_the_object() -> None:
+    s = recon_state()
+    s.elements = {"Fe": torch.from_numpy(np.abs(s.object.numpy()) * 1e-6), "Zn": torch.zeros(s.object.shape)}
+    got: list[Preview] = []
+    publisher = PreviewPublisher(got.append, size=SIZE // 2)
+    publisher.offer(s, iteration=1, frames_used=len(s.positions), loss=0.1, force=True)
+    publisher.close()
+    (preview,) = got
+    assert list(preview.meta)[:5] == ["amplitude", "phase", "element_fe", "element_zn", "probe"]
+    fe = preview.meta["element_fe"]
+    assert fe["title"] == "Fe areal density [g/cm^2]" and (fe["width"], fe["height"]) == (SIZE // 2, SIZE // 2)
+    assert fe["lo"] < np.median(preview.elements["Fe"][preview.region]) < fe["hi"] < 1e-6
