@@ -172,7 +172,7 @@ class JointBHCG:
         self.previous: Point | None = None
 
     def step(self, objective: JointObjective, x: Point, update_probe: bool) -> tuple[Point, State]:
-        """x + alpha s (u projected onto u >= 0) and the state at x (its value, its residuals)."""
+        """x + s with block step lengths (u projected onto u >= 0), and the state at x (value, residuals)."""
         st = objective.evaluate(x)
         g = objective.gradient(st)
         c_obj, c_probe = preconditioner(objective, st, update_probe)
@@ -185,13 +185,31 @@ class JointBHCG:
             h_ss = float(h[0, 0] + 2 * beta * h[0, 1] + beta**2 * h[1, 1])
         else:
             h_ss = float(h[0, 0])
-        if not h_ss > 0:
-            h_ss = float(objective.hessian_matrix(st, [s], positive=True)[0, 0])
-        alpha = -g.dot(s) / h_ss if h_ss > 0 else 0.0
-        new = x.combine(1.0, s, alpha)
+        steps = self._block_steps(objective, st, g, s, h_ss)
+        s = Point(s.base * steps[0], s.u * steps[1], s.probe * steps[2])
+        new = x.combine(1.0, s, 1.0)
         new.u.clamp_(min=0)
         self.previous = s
         return new, st
+
+    @staticmethod
+    def _block_steps(objective: JointObjective, st: State, g: Point, s: Point, h_ss: float) -> list[float]:
+        """Step lengths (base, u, probe): the Newton step on the span of s's three blocks (their scales
+        differ: one length for all stalls the maps), else the single Newton length -<g, s> / H(s, s)."""
+        zero = [torch.zeros_like(t) for t in s.parts()]
+        blocks = [Point(*(t if k == i else zero[k] for k, t in enumerate(s.parts()))) for i in range(3)]
+        active = [i for i, b in enumerate(blocks) if bool(b.parts()[i].abs().sum() > 0)]
+        h = objective.hessian_matrix(st, [blocks[i] for i in active])
+        rhs = -torch.tensor([g.dot(blocks[i]) for i in active], dtype=torch.float64)
+        steps = [0.0, 0.0, 0.0]
+        if bool(torch.all(torch.linalg.eigvalsh(h) > 0)):
+            for i, a in zip(active, torch.linalg.solve(h, rhs).tolist(), strict=True):
+                steps[i] = a
+            return steps
+        if not h_ss > 0:
+            h_ss = float(objective.hessian_matrix(st, [s], positive=True)[0, 0])
+        alpha = -g.dot(s) / h_ss if h_ss > 0 else 0.0
+        return [alpha, alpha, alpha]
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
