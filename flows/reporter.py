@@ -40,6 +40,7 @@ class JobReporter:
         self._expected: int | None = None
         self._scan_left_s: float | None = None
         self._accounting: dict[str, Any] | None = None
+        self._receiver: Receiver | None = None
         self.dropped = 0
 
     def _report(self, call: Callable[[], None]) -> None:
@@ -59,13 +60,17 @@ class JobReporter:
         """Run ``spec`` to its result file; returns the result's attributes (``stopped`` when cancelled)."""
         from workers.runtime import run_job
 
-        result = run_job(
-            spec,
-            on_progress=self._on_progress,
-            on_preview=self._on_preview,
-            cancel=self.beat.cancel,
-            on_listening=self._on_listening,
-        )
+        try:
+            result = run_job(
+                spec,
+                on_progress=self._on_progress,
+                on_preview=self._on_preview,
+                cancel=self.beat.cancel,
+                on_listening=self._on_listening,
+            )
+        finally:  # the final accounting (the scan may end between two heartbeats)
+            if (receiver := self._receiver) is not None:
+                self._report(lambda: self._publish_frames(receiver))
         return {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float | bool)}
 
     def _publish_frames(self, receiver: Receiver) -> None:
@@ -97,6 +102,7 @@ class JobReporter:
         return max(self._expected - received, 0) / self._frame_rate
 
     def _on_listening(self, receiver: Receiver) -> None:
+        self._receiver = receiver
         self.beat.listen(lambda: self._publish_frames(receiver))
         self._report(lambda: self.store.progress(self.job_id, {"listening": receiver.endpoint}))
         self._report(lambda: self.store.log(self.job_id, f"listening on {receiver.endpoint}"))

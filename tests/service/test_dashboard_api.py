@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from flows.reporter import frame_accounting
+from service.demo import free_port
 from service.settings import Settings
 from service.store import JobState, JobStore
 from tests.service.conftest import AUTH, wait_for
@@ -43,6 +44,30 @@ def test_a_finished_file_job_has_channels_and_positions(
     assert positions["pixel_size_m"] == amplitude["pixel_size_m"]
     assert client.get(f"/api/jobs/{job_id}/view/nothing.png").status_code == 404
     assert client.get(f"/api/jobs/{job_id}/view/Bad-Name.png").status_code == 422
+
+
+def test_a_faulty_stream_is_accounted_frame_by_frame(
+    client: TestClient, settings: Settings, worker: None, store: JobStore
+) -> None:
+    from workers.simulate import simulate
+    from workers.stream.detector import Faults, replay
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    body = {"input": {"stream": endpoint, "idle_timeout_s": 10}, "schedule": [{"engine": "epie", "iterations": 1}]}
+    job_id = client.post("/api/jobs", json=body, headers=AUTH).json()["id"]
+    wait_for(lambda: bool(store.get(job_id).get("listening")), 60, "the job to listen")
+    data = simulate(probe_size=32, n_positions=60, overlap=0.75, photons=1e6, seed=5)
+    faults = Faults(drop=0.1, corrupt=0.1, duplicate=0.1, seed=2)
+    report = replay(data, endpoint, faults=faults, rate_hz=300, scan_id=job_id)
+    assert report.dropped and report.corrupted and report.duplicated
+    wait_for(lambda: store.get(job_id)["state"] == "succeeded", 120, "the job to succeed")
+    frames = client.get(f"/api/jobs/{job_id}/view").json()["frames"]
+    assert frames["ended"] and frames["expected"] == 60 and frames["per_cell"] == 1
+    assert frames["received"] == 60 - len(report.dropped) - len(report.corrupted)
+    assert frames["missing"] == len(report.dropped) and frames["duplicates"] == len(report.duplicated)
+    assert sum(frames["rejected"].values()) == len(report.corrupted)
+    assert [i for i, c in enumerate(frames["cells"]) if c == "m"] == sorted(report.dropped)
+    assert [i for i, c in enumerate(frames["cells"]) if c == "x"] == sorted(report.corrupted)
 
 
 def test_frame_accounting_marks_gaps_and_rejects() -> None:
