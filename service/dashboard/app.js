@@ -164,14 +164,13 @@ async function follow(id) {
 async function refreshSelected(jobs) {
   const id = ui.selected, current = () => ui.selected === id;
   const job = jobs.find((j) => j.id === id) || (await getJSON(`/api/jobs/${id}`));
-  if (!current()) return;
-  showJob(job);
   const live = !ENDED.has(job.state);
-  if (live || !ui.view || ui.view.state !== job.state) {
-    const view = await getJSON(`/api/jobs/${id}/view`);
-    if (!current()) return;
-    showView(view);
-  }
+  const stale = live || !ui.view || ui.view.id !== id || ui.view.state !== job.state;
+  const view = stale ? await getJSON(`/api/jobs/${id}/view`) : ui.view;
+  if (!current()) return;
+  ui.view = view;  // before showJob, which reads the scan's end from it
+  showJob(job);
+  if (stale) showView(view);
   const log = live ? (await getJSON(`/api/jobs/${id}/logs`)).lines.at(-1) || "" : "";
   const losses = !live && ui.losses.length < job.progress.iteration ? await getJSON(`/api/jobs/${id}/loss`) : null;
   if (!current()) return;
