@@ -50,11 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_worker_queue(args: argparse.Namespace) -> dict[str, Any]:
     """Consume the queue until a signal; without PREFECT_API_URL, with a temporary Prefect server of its own."""
-    import contextlib
-    import threading
-
     from service.cli.lifecycle import StopSignals, start_prefect
-    from service.settings import Settings
 
     settings = Settings()
     stop = threading.Event()
@@ -74,11 +70,11 @@ def cmd_worker_queue(args: argparse.Namespace) -> dict[str, Any]:
     return {"queue": settings.redis_url, "stopped": True}
 
 
+WORKER_STOP_S = 60.0  # how long serve waits for its worker to stop the running job and record its partial result
+
+
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     """The API, the dashboard, one worker thread and their parts (Redis, Prefect), stopped in order on any exit."""
-    import contextlib
-    import threading
-
     import uvicorn
 
     from service.app import create_app
@@ -86,7 +82,6 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from service.cli.lifecycle import StopSignals, check_port, start_prefect
     from service.demo import start_demo
     from service.redis_local import ensure_redis
-    from service.settings import Settings
 
     settings = Settings()
     check_port(args.host, args.port)
@@ -137,9 +132,6 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         if failures:
             raise failures[0]
     return {"served": f"http://{args.host}:{args.port}/"}
-
-
-WORKER_STOP_S = 60.0  # how long serve waits for its worker to stop the running job and record its partial result
 
 
 def run_worker(
