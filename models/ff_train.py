@@ -55,10 +55,10 @@ CONFIGS = {
         tile=32,
         overlap=8,
     ),
-    # the shipped weights: small scans, about 10 min of data and 10 min of training on one CPU core
+    # the shipped weights: small scans, about 15 min of data and 10 min of training on one CPU core
     "small": TrainConfig(
         "small",
-        DataConfig(scans=48, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
+        DataConfig(scans=72, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
         DataConfig(scans=8, per_shard=8, probe_sizes=(32, 48), positions=(100, 160)),
         width=12,
         crop=64,
@@ -259,6 +259,7 @@ def fit(
             "train": {**asdict(config.data), "seed": seed, "scans_found": len(pairs)},
             "heldout": {**asdict(config.heldout), "seed": seed + HELDOUT_SEED_OFFSET, "scans_found": len(heldout)},
             "generation_s": {k: round(v, 1) for k, v in (data_s or {}).items()},
+            "reconstruction_s_sum": round(float(sum(p["seconds"] for p in [*pairs, *heldout])), 1),
             "example_recipe": recipe(config.data, seed, 0),
         },
         "training": {

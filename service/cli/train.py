@@ -81,7 +81,7 @@ def register(sub: Subparsers) -> None:
         "--config",
         choices=CONFIG_NAMES,
         default="small",
-        help="tiny: seconds (tests); small: the shipped CPU recipe (56 small scans, ~20 min on one core); "
+        help="tiny: seconds (tests); small: the shipped CPU recipe (80 small scans, ~25 min on one core); "
         "full: 4,000 beamline-sized scans and a wider network (a GPU). Default small",
     )
     f.add_argument("--out", default="results/fast_forward", help="folder for fast_forward.pt and fast_forward.json")
