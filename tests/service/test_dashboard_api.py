@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import get_args
 
 import redis
 from fastapi.testclient import TestClient
@@ -13,8 +14,9 @@ from PIL import Image
 
 from flows.reporter import frame_accounting
 from service.demo import free_port
+from service.routes.view import EndedState
 from service.settings import Settings
-from service.store import JobState, JobStore
+from service.store import TERMINAL, JobState, JobStore
 from tests.service.conftest import AUTH, wait_for
 from tests.service.test_store import spec
 
@@ -111,7 +113,8 @@ def test_clearing_deletes_ended_jobs_only(client: TestClient, store: JobStore, s
     store.transition(leased, to=JobState.CANCELLED)
     assert client.delete("/api/jobs").status_code == 401
     r = client.delete("/api/jobs", params={"state": "queued"}, headers=AUTH)
-    assert r.status_code == 422 and r.json()["detail"].startswith("state: only ended jobs")
+    assert r.status_code == 422 and r.json()["detail"].startswith("state: Input should be 'succeeded'")
+    assert set(get_args(EndedState)) == set(TERMINAL)
     r = client.delete("/api/jobs", params={"state": "failed"}, headers=AUTH)
     assert r.json() == {"deleted": [ended[JobState.FAILED]], "count": 1, "finishing": []}
     keys = redis.Redis.from_url(settings.redis_url).keys(settings.key_prefix + "*")
