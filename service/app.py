@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 
 from service.cache import BytesCache, TTLCache
 from service.errors import validation_error
@@ -56,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
-    app.mount("/dashboard", StaticFiles(directory=dashboard.DASHBOARD), name="dashboard")
+    app.mount("/dashboard", dashboard.files(), name="dashboard")
 
     app.add_middleware(BodyGuard, settings=settings)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -123,3 +123,15 @@ def test_clearing_deletes_ended_jobs_only(client: TestClient, store: JobStore, s
     cleared = client.delete("/api/jobs", headers=AUTH).json()
     assert cleared["deleted"] == [ended[JobState.SUCCEEDED]] and cleared["finishing"] == [leased]
     assert sorted(j["id"] for j in client.get("/api/jobs").json()["data"]) == sorted([queued, leased])
+
+
+def test_the_dashboard_is_revalidated_and_its_modules_are_javascript(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-cache"
+    modules = ("plots.js", "images.js", "status.js")
+    assert all(f'from "./{module}"' in client.get("/dashboard/app.js").text for module in modules)
+    for module in ("app.js", *modules):
+        r = client.get(f"/dashboard/{module}")
+        assert r.headers["content-type"].startswith("text/javascript") and r.headers["cache-control"] == "no-cache"
+        again = client.get(f"/dashboard/{module}", headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304
