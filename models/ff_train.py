@@ -147,7 +147,7 @@ def heldout_figures(net: UNet, pairs: list[dict[str, Any]], config: TrainConfig,
         data = simulate(**{k: spec[k] for k in keys})
         state = ReconState.initial(pair["probe"])
         name = EngineName(config.data.warmup_engine)
-        engine = make_engine(name, state, data.geometry, OPTIONS[name]())
+        engine = make_engine(name, state, data.geometry, OPTIONS[name].model_validate({}))
         engine.add_frames(data.intensities, data.positions)
         state.object = torch.from_numpy(pair["warm"])
         obj = state.object

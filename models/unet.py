@@ -42,8 +42,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2) for k in range(levels))
         self.merge = nn.ModuleList(_block(2 * widths[k], widths[k]) for k in range(levels))
         self.head = nn.Conv2d(width, OUT_CHANNELS, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()  # type: ignore[union-attr]  # a Conv2d made with bias=True
 
     @property
     def multiple(self) -> int:

@@ -25,7 +25,8 @@ def illumination(state: ReconState, n_frames: int | None = None) -> Tensor:
     positions = state.positions if n_frames is None else state.positions[:n_frames]
     corner, _ = physics.split_positions(positions)
     power = state.probe.real.square().sum(0) + state.probe.imag.square().sum(0)
-    return physics.extract_adjoint(power.expand(corner.shape[0], -1, -1), corner, tuple(state.object.shape))
+    h, w = state.object.shape
+    return physics.extract_adjoint(power.expand(corner.shape[0], -1, -1), corner, (h, w))
 
 
 def features(obj: Tensor, illum: Tensor) -> tuple[Tensor, Tensor]:

@@ -170,8 +170,8 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
     for k, part in enumerate(p.strip() for p in text.split(",")):
         fields = part.split(":")
         if part in set(TransformName):
-            known = TRANSFORM_OPTIONS[TransformName(part)].model_fields
-            stage_options = {key: v for key, v in (options or {}).items() if key in known}
+            fields_known = TRANSFORM_OPTIONS[TransformName(part)].model_fields
+            stage_options = {key: v for key, v in (options or {}).items() if key in fields_known}
             try:
                 stages.append(StageSpec(transform=TransformName(part), options=stage_options))
             except ValidationError as exc:

@@ -69,7 +69,7 @@ def fast_forward(state: ReconState, engine: Engine, options: FastForwardOptions 
     """
     from models.unet import WEIGHTS, apply_tiled, load_fast_forward
 
-    options = options or FastForwardOptions()
+    options = options or FastForwardOptions.model_validate({})
     started = time.perf_counter()
     net = load_fast_forward(options.weights, device=engine.device)
     before = ff_state.data_residual(engine)
