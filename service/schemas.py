@@ -73,7 +73,8 @@ class Logs(BaseModel):
 
 class WorkerPublic(BaseModel):
     name: str
-    device: str
+    device: str = Field(description="The device its ``auto`` jobs run on.")
+    devices: str = Field(default="", description="Every device it runs jobs on, comma-separated (cpu,cuda,cuda:0).")
     job: str
 
 

@@ -159,7 +159,8 @@ def test_device_is_checked_against_the_live_workers(client: TestClient, worker: 
     """The worker announces what it offers (cpu here, no CUDA); a job asking for a device no live worker has is
     refused at submission, naming ``device``."""
     wait_for(lambda: store.workers() != [], 30, "the worker to announce itself")
-    assert store.workers()[0]["devices"].split(",")[0] == "cpu"
+    (health,) = client.get("/api/health").json()["workers"]
+    assert health["devices"].split(",")[0] == "cpu"
     job = {"input": {"stream": "tcp://127.0.0.1:5999"}, "device": "cuda:3"}
     r = client.post("/api/jobs", json=job, headers=AUTH)
     assert r.status_code == 422, r.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +201,18 @@ def test_each_results_root_has_its_own_key_prefix(tmp_path: Path) -> None:
     assert here.key_prefix != there.key_prefix and here.key_prefix.startswith("ptychostream:")
     assert Settings(results_root=tmp_path / "a" / ".." / "a").key_prefix == here.key_prefix
     assert Settings(results_root=tmp_path / "a", key_prefix="shared:").key_prefix == "shared:"
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"ptychostream serve: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)\n"
+    )
