@@ -56,9 +56,10 @@ class StopSignals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignals]:
-        """Install the handlers for the block, then restore the previous ones; raise ``Stopped`` at the end of
-        the block if a signal came that did not raise."""
-        previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        """Install the handlers for the block (not over a signal ignored, as ``nohup`` ignores SIGHUP), then
+        restore the previous ones; raise ``Stopped`` at the end of the block if a signal came that did not raise."""
+        ignored = {sig for sig in SIGNALS if signal.getsignal(sig) == signal.SIG_IGN}
+        previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS if sig not in ignored}
         try:
             yield self
         finally:
