@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,18 +126,36 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
                 os.kill(pid, signal.SIGKILL)
 
 
-def wait_running(s: Serve, *, iterating: bool = False) -> set[int]:
-    """Wait until the demo job runs (Redis and Prefect up, the flow started) and, with ``iterating``, has done
-    an iteration on streamed frames; returns serve's children then."""
+def wait_running(s: Serve) -> set[int]:
+    """Wait until the demo job has done an iteration on streamed frames (Redis, Prefect and the flow run up);
+    returns serve's children then."""
 
-    def ready() -> bool:
+    def iterating() -> bool:
         job = s.demo_job()
-        return job.get("state") == "running" and (not iterating or int(job.get("iteration", 0)) > 0)
+        return job.get("state") == "running" and int(job.get("iteration", 0)) > 0
 
-    wait_for(lambda: ready() or s.process.poll() is not None, START_S, "the demo job")
+    wait_for(lambda: iterating() or s.process.poll() is not None, START_S, "the demo job")
     assert s.process.poll() is None, s.stderr.read_text(errors="replace")
     kids = s.children()
     assert len(kids) >= 2, "serve should have started redis-server and the temporary Prefect server"
+    return kids
+
+
+def wait_serving(s: Serve) -> set[int]:
+    """Wait until the API answers (Prefect may still be starting); returns serve's children then."""
+    url = f"http://127.0.0.1:{s.port}/api/health/live"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    wait_for(lambda: answers() or s.process.poll() is not None, START_S, "the API")
+    assert s.process.poll() is None, s.stderr.read_text(errors="replace")
+    kids = s.children()
+    assert len(kids) >= 2, "serve starts redis-server and the temporary Prefect server before the API"
     return kids
 
 
@@ -144,7 +163,7 @@ def wait_running(s: Serve, *, iterating: bool = False) -> set[int]:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_signal_stops_serve_and_every_child_cleanly(serve: Callable[..., Serve], how: str) -> None:
     s = serve()
-    kids = wait_running(s, iterating=how == "sigterm")  # Ctrl-C before the first frame, SIGTERM mid-scan
+    kids = wait_serving(s) if how == "ctrl-c" else wait_running(s)  # Ctrl-C at once, SIGTERM mid-scan
     if how == "ctrl-c":  # the terminal sends SIGINT to the foreground process group
         os.killpg(s.process.pid, signal.SIGINT)
     else:
