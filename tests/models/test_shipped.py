@@ -20,7 +20,8 @@ from models.fdsl import SIGMA, dataset
 from models.train import denoising_psnr, lipschitz, ptycho_patches
 
 TOLERANCE = 0.05
-MIN_GAIN_DB = 0.5  # measured on the 16-image held-out sets: +1.3 dB (dead leaves), +2.0 dB (object patches)
+MIN_GAIN_DB = 0.5  # measured on the 16-image held-out sets: +1.9 dB (dead leaves), +3.6 dB (object patches);
+# on the two 64 x 64 images below +0.8 and +3.8 dB
 
 
 def difference_quotient_bound(net: DnCNN, x: Tensor, steps: int = 30) -> float:
