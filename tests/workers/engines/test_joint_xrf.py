@@ -211,3 +211,18 @@ def test_schedule_writes_element_maps_with_units(tmp_path: Path, scan: ScanData)
     assert back["elements"]["Fe"].shape == back["object"].shape
     assert back["attrs"]["xrf_link"] == "physical" and back["attrs"]["element_units"] == "g/cm^2"
     assert back["attrs"]["xrf_alpha"] > 0
+
+
+@pytest.mark.parametrize("link", ["physical", "none"])
+def test_bh_cg_solver_lowers_both_residuals(scan: ScanData, link: str) -> None:
+    """The BH-CG path of the engine (``workers.xrf_bh``), with probe refinement: both residuals fall,
+    the maps stay non-negative; streaming growth rebuilds its state."""
+    engine = _engine(scan, solver="bh-cg", link=link, update_probe=True)
+    engine.add_frames(scan.intensities[:16], scan.positions[:16], scan.fluorescence.subset(slice(0, 16)))  # type: ignore[union-attr]
+    engine.iterate(3)
+    engine.add_frames(scan.intensities[16:], scan.positions[16:], scan.fluorescence.subset(slice(16, 25)))  # type: ignore[union-attr]
+    losses = engine.iterate(12)
+    assert losses[-1] < 0.5 * losses[0]
+    assert engine.fluorescence_history[-1] < 0.5 * engine.fluorescence_history[3]
+    assert all(float(m.min()) >= 0 for m in engine.state.elements.values())
+    assert np.isfinite(engine.snapshot()["probe"]).all()
