@@ -17,7 +17,7 @@ def resolve_device(spec: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"device {spec!r} requested but CUDA is not available here "
-                f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'}); use --device cpu"
+                f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'}); use device cpu or auto"
             )
         device = torch.device(spec)
         if device.index is not None and device.index >= torch.cuda.device_count():

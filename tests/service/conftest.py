@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.cli.children import stop
 from service.redis_local import ensure_redis
 from service.settings import Settings
 from service.store import JobStore
@@ -28,7 +29,7 @@ def redis_server() -> Iterator[str]:
     process = ensure_redis(REDIS_URL, start=True)
     yield REDIS_URL
     if process is not None:
-        process.terminate()
+        stop(process)
 
 
 @pytest.fixture
