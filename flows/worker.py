@@ -42,7 +42,7 @@ def serve_queue(settings: Settings, *, stop: threading.Event, name: str | None =
 
     def step() -> None:
         store.announce(name, {**info, "job": ""}, ttl_s=settings.lease_s)
-        job_id = store.claim(worker=name, lease_s=settings.lease_s, timeout_s=1)
+        job_id = store.claim(worker=name, lease_s=settings.lease_s, timeout_s=1, devices=info["devices"].split(","))
         if job_id is None:
             return
         store.announce(name, {**info, "job": job_id}, ttl_s=settings.lease_s)

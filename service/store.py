@@ -85,14 +85,22 @@ end
 return 'refused:' .. cur
 """
 
-# ARGV[5..]: worker, lease ms  ->  the id of the oldest queued job, now running under the worker's lease; or false
+# ARGV[5..]: worker, lease ms, devices the worker offers...  ->  the id of the oldest queued job the worker can
+# run (device auto or cpu, or one it offers), now running under its lease; or false. Stale entries are dropped.
 _CLAIM = """
 local worker, lease_ms = ARGV[5], ARGV[6]
-local id = redis.call('LPOP', prefix .. 'queue')
-while id do
-  local cur = redis.call('HGET', job_key(id), 'state')
-  if cur == 'queued' then start(id, cur, worker, lease_ms) return id end
-  id = redis.call('LPOP', prefix .. 'queue')
+local offered = {auto=true, cpu=true}
+for i = 7, #ARGV do offered[ARGV[i]] = true end
+local queue = prefix .. 'queue'
+for _, id in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+  local cur, device = unpack(redis.call('HMGET', job_key(id), 'state', 'device'))
+  if cur ~= 'queued' then
+    redis.call('LREM', queue, 1, id)
+  elseif offered[device or 'auto'] then
+    redis.call('LREM', queue, 1, id)
+    start(id, cur, worker, lease_ms)
+    return id
+  end
 end
 return false
 """
@@ -201,6 +209,7 @@ class JobStore:
             "id": job_id,
             "state": JobState.QUEUED.value,
             "spec": spec.model_dump_json(),
+            "device": spec.device,
             "created": now,
             "updated": now,
             "message": "",
@@ -255,13 +264,15 @@ class JobStore:
             raise TransitionError(f"job {job_id}: cannot go from {old} to {to.value}")
         return JobState(old)
 
-    def claim(self, *, worker: str, lease_s: float, timeout_s: float) -> str | None:
-        """Take the oldest queued job and mark it running under ``worker``'s lease, in one atomic step; waits up
-        to ``timeout_s`` for a job to be queued (the ``doorbell`` list, rung by ``create``); None if none came."""
+    def claim(self, *, worker: str, lease_s: float, timeout_s: float, devices: Sequence[str] = ("cpu",)) -> str | None:
+        """Take the oldest queued job that ``worker`` can run (its device ``auto``, ``cpu`` or one of ``devices``)
+        and mark it running under the worker's lease, in one atomic step; waits up to ``timeout_s`` for a job to
+        be queued (the ``doorbell`` list, rung by ``create``); None if none came. A job for a device this worker
+        lacks stays queued for a worker that has it."""
         lease_ms = int(lease_s * 1000)
-        job_id = self._run("claim", worker, lease_ms)
+        job_id = self._run("claim", worker, lease_ms, *devices)
         if job_id is None and self.r.blpop([self.key("doorbell")], timeout=timeout_s) is not None:
-            job_id = self._run("claim", worker, lease_ms)
+            job_id = self._run("claim", worker, lease_ms, *devices)
         return job_id
 
     def take(self, job_id: str, *, worker: str, lease_s: float) -> None:

@@ -44,6 +44,19 @@ def test_claim_lease_and_reap(store: JobStore) -> None:
     assert any("running -> failed" in line for line in store.logs(job_id))
 
 
+def test_claim_takes_only_jobs_for_the_workers_devices(store: JobStore) -> None:
+    """A CUDA job waits for a worker offering CUDA; a CPU worker takes the next job it can run meanwhile."""
+    on = {d: store.create(spec=spec().model_copy(update={"device": d})) for d in ("cuda:1", "cuda", "auto", "cpu")}
+    assert store.claim(worker="cpu-only", lease_s=5, timeout_s=0.1) == on["auto"]
+    assert store.claim(worker="cpu-only", lease_s=5, timeout_s=0.1, devices=["cpu"]) == on["cpu"]
+    assert store.claim(worker="cpu-only", lease_s=5, timeout_s=0.1) is None
+    assert store.get(on["cuda"])["state"] == "queued" and store.queue_depth() == 2
+    assert store.claim(worker="gpu", lease_s=5, timeout_s=0.1, devices=["cpu", "cuda", "cuda:0"]) == on["cuda"]
+    assert store.claim(worker="gpu", lease_s=5, timeout_s=0.1, devices=["cpu", "cuda", "cuda:0"]) is None
+    assert store.claim(worker="gpu2", lease_s=5, timeout_s=0.1, devices=["cpu", "cuda", "cuda:1"]) == on["cuda:1"]
+    assert store.queue_depth() == 0
+
+
 def test_cancel_queued_and_running(store: JobStore) -> None:
     queued, running = store.create(spec=spec()), store.create(spec=spec())
     assert store.request_cancel(queued) == JobState.QUEUED
