@@ -11,7 +11,7 @@ element maps at full resolution with features down to 1-3 px, the seed's weak-ob
 (``--xrf-link linear``: O = 1 - 1/2 sum mu w + i phase) for the seed's comparisons; noise as in the
 seed: d = eta Poisson(d^ / eta), noise level sqrt(eta / mean d^) = 3% (or 0) on frames and counts.
 
-Methods, same optimiser (joint-xrf's Adam, lr 0.05, one batch of all frames per iteration, 100
+Methods, same optimiser (joint-xrf's Adam, lr 0.1, one batch of all frames per iteration, 100
 iterations as in the seed): joint (the link, alpha by GradNorm) and separate (``link="none"``: the
 object fitted by ptychography alone, the maps by fluorescence deconvolution alone, with the same
 probe). Fixed true probe, or the probe refined from ``initial_probe`` (the project's default start).

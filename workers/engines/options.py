@@ -134,7 +134,7 @@ class JointXRFOptions(BatchedOptions):
     by Adam on F = ptychography residual / sum I + alpha fluorescence residual / norm."""
 
     batch_size: int = Field(32, ge=1, description="Frames per Adam step (their diffraction and fluorescence).")
-    lr: float = Field(0.05, gt=0, description="Learning rate of the phase (or object) and element absorptions.")
+    lr: float = Field(0.1, gt=0, description="Learning rate of the phase (or object) and element absorptions.")
     link: Literal["physical", "linear", "none"] = Field(
         "physical",
         description="Object from the maps: physical O = exp(-1/2 sum mu w + i phase); linear O = 1 - 1/2 sum mu w + "
