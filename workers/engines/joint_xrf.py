@@ -1,4 +1,4 @@
-"""Joint ptychography + X-ray fluorescence (seed 004) by autodiff: one objective, one optimiser."""
+"""Joint ptychography + X-ray fluorescence (seed 004): one objective, by Adam (autodiff) or BH-CG."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ class JointXRF(BatchedEngine):
     (seed sec. 2.2; ``link="none"`` fits O freely and u to the fluorescence alone: the separate
     inversions), rho is Gaussian or Poisson. Unknowns: the base (phase or real part), u >= 0
     (projected after every step) and the probe; Adam steps per mini-batch of frames with their
-    counts. alpha: GradNorm at the first epoch, ||grad_O F_ptycho|| / ||grad_u F_fluor|| (seed
-    sec. 2.3, beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
+    counts, or (``solver="bh-cg"``) one BH-CG iteration on all frames per epoch (``workers.xrf_bh``).
+    alpha: GradNorm at the first epoch, ||grad_O F_ptycho|| / ||grad_u F_fluor|| (seed sec. 2.3,
+    beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
     re-read from the state (lossless: the state holds O and w) and Adam's moments restart.
     """
 
