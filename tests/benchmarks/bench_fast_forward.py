@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m tests.benchmarks.bench_fast_forward run [--epochs 300] [--weights FILE]
     python -m tests.benchmarks.bench_fast_forward report      # the table and the PNGs in tests/benchmarks/fast_forward/
+    OMP_NUM_THREADS=1 python -m tests.benchmarks.bench_fast_forward steps   # the residual of O + t (O_jump - O)
 
 Scans the network never saw: five simulations with other seeds (so other objects, noise and start probes) than
 the training and held-out sets, one per probe kind (focused, structured, zone plate, KB, near field), and the
@@ -176,6 +177,29 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "trajectories"}), flush=True)
 
 
+def cmd_steps(args: argparse.Namespace) -> None:
+    """After the warm-up, the data residual of O + t (O_jump - O) for a few t (t = 1 is the stage's jump): does a
+    shorter step in the network's direction lower the residual where the whole jump raises it?"""
+    from models.unet import apply_tiled, load_fast_forward
+    from workers import ff_state
+
+    steps = (0.0, 0.25, 0.5, 1.0)
+    print("scan           | " + " | ".join(f"t = {t:<8g}" for t in steps))
+    for name in [*SIMS, "star"]:
+        data = scan(name)
+        probe, _ = initial_probe(data, 1, None, seed=0)
+        state = ReconState.initial(probe)
+        engine = make_engine(EngineName.EPIE, state, data.geometry, EPIEOptions(), mask=data.mask, seed=0)
+        engine.add_frames(data.intensities, data.positions)
+        engine.iterate(WARMUP)
+        net = load_fast_forward(args.weights)
+        obj = state.object
+        x, c = ff_state.features(obj, ff_state.illumination(state))
+        jump = ff_state.jumped(obj, x, c, apply_tiled(net, x, net.multiple)) - obj
+        residuals = [ff_state.data_residual(engine, obj + t * jump) for t in steps]
+        print(f"{name:<14} | " + " | ".join(f"{r:<12.6g}" for r in residuals), flush=True)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     header = [
         "scan",
@@ -273,6 +297,9 @@ def main() -> None:
     r.add_argument("--only", help="comma-separated scan names")
     r.set_defaults(func=cmd_run)
     sub.add_parser("report").set_defaults(func=cmd_report)
+    st = sub.add_parser("steps")
+    st.add_argument("--weights", help="fast-forward weights (default: the shipped ones)")
+    st.set_defaults(func=cmd_steps)
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.func(args)
