@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from workers.engines.options import OPTIONS, EngineName
+from workers.engines.options import FILE_OPTION, OPTIONS, EngineName
 
 PATIENCE = 5
 
@@ -47,7 +47,9 @@ class FastForwardOptions(TransformOptions):
     """The learned fast-forward jump (seed 003, ``workers.transforms.fast_forward``)."""
 
     weights: str | None = Field(
-        None, description="Network weights file; None: the shipped models/weights/fast_forward.pt."
+        None,
+        description="Network weights file; None: the shipped models/weights/fast_forward.pt.",
+        json_schema_extra=FILE_OPTION,
     )
     tile: int = Field(128, ge=16, le=4096, description="Network tile (pixels per side, a multiple of 16).")
     overlap: int = Field(32, ge=0, le=2048, description="Pixels shared by neighbouring tiles, blended linearly.")
@@ -111,6 +113,11 @@ class StageSpec(BaseModel):
     def name(self) -> str:
         """The engine's or the transform's name."""
         return (self.engine or self.transform).value  # type: ignore[union-attr]
+
+    @property
+    def options_model(self) -> type[BaseModel]:
+        """The options model of the stage's engine or transform."""
+        return OPTIONS[self.engine] if self.engine is not None else TRANSFORM_OPTIONS[self.transform]  # type: ignore[index]
 
 
 DEFAULT_SCHEDULE: tuple[StageSpec, ...] = (

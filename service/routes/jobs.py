@@ -33,6 +33,7 @@ from service.schemas import CancelReply, JobCreate, JobCreated, JobPublic, JobsP
 from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
 from service.strict_json import StrictJSONRoute
+from workers.engines.options import file_options
 from workers.images import render_result
 from workers.io import read_result
 from workers.job import FileInput, JobSpec
@@ -133,15 +134,12 @@ def device_problem(device: str, workers: list[dict[str, str]]) -> str | None:
     return f"no live worker offers {device} (offered: {have}); use auto or cpu"
 
 
-FILE_OPTIONS = ("denoiser",)  # engine options that name a file: resolved under the data root like inputs
-
-
 def resolve_stage_files(settings: Settings, stage: StageSpec, field: str) -> StageSpec:
     """``stage`` with its file options (strings: the stage's options are validated) resolved under the data root:
     a job may not name other server files."""
     files = {
         name: str(resolve_input(settings, value, f"{field}.options.{name}"))
-        for name in FILE_OPTIONS
+        for name in file_options(stage.options_model)
         if (value := stage.options.get(name)) is not None
     }
     return stage.model_copy(update={"options": {**stage.options, **files}}) if files else stage

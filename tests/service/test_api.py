@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
@@ -11,6 +13,7 @@ from service.store import JobStore
 from tests.service.conftest import AUTH
 
 SCHEDULE = [{"engine": "epie", "iterations": 2}, {"engine": "bh-cg", "iterations": 2}]
+EPIE = {"engine": "epie", "iterations": 2}
 
 
 def test_submit_list_get_cancel_a_queued_job(client: TestClient, scan_file: str) -> None:
@@ -139,13 +142,21 @@ def test_health_metrics_dashboard_docs(client: TestClient, store: JobStore, sett
     assert client.get("/docs").status_code == 200
 
 
-def test_engine_option_files_stay_under_the_data_root(client: TestClient, scan_file: str) -> None:
-    """A PINE stage's ``denoiser`` weights file resolves under the data root like every input file."""
+@pytest.mark.parametrize(
+    ("stage", "option"),
+    [({"engine": "pine", "iterations": 2}, "denoiser"), ({"transform": "fast-forward"}, "weights")],
+    ids=["pine", "fast-forward"],
+)
+def test_stage_option_files_stay_under_the_data_root(
+    client: TestClient, scan_file: str, stage: dict[str, Any], option: str
+) -> None:
+    """A stage's weights file (PINE's ``denoiser``, fast-forward's ``weights``) resolves under the data root like
+    every input file."""
     for value, status, words in (("/etc/passwd", 400, "data root"), ("nets/none.pt", 422, "no such file")):
-        stage = {"engine": "pine", "iterations": 2, "options": {"denoiser": value}}
-        r = client.post("/api/jobs", json={"input": {"file": scan_file}, "schedule": [stage]}, headers=AUTH)
-        assert r.status_code == status and "schedule[0].options.denoiser" in r.json()["detail"], r.text
+        body = {"input": {"file": scan_file}, "schedule": [{**stage, "options": {option: value}}, EPIE]}
+        r = client.post("/api/jobs", json=body, headers=AUTH)
+        assert r.status_code == status and f"schedule[0].options.{option}" in r.json()["detail"], r.text
         assert words in r.json()["detail"]
-    stage = {"engine": "pine", "iterations": 2, "options": {"denoiser": scan_file}}
-    r = client.post("/api/jobs", json={"input": {"file": scan_file}, "schedule": [stage]}, headers=AUTH)
+    body = {"input": {"file": scan_file}, "schedule": [{**stage, "options": {option: scan_file}}, EPIE]}
+    r = client.post("/api/jobs", json=body, headers=AUTH)
     assert r.status_code == 201, r.text

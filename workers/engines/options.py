@@ -22,6 +22,19 @@ class EngineName(StrEnum):
     JOINT_XRF = "joint-xrf"
 
 
+FILE_OPTION = {"file": True}  # ``json_schema_extra`` of an option naming a file (the service resolves it)
+
+
+def file_options(model: type[BaseModel]) -> tuple[str, ...]:
+    """The options of ``model`` that name a file (marked with ``FILE_OPTION``): a service resolves them
+    under its data root like input files, so a job cannot make a worker read any other file."""
+    return tuple(
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("file")
+    )
+
+
 class EngineOptions(BaseModel):
     """Options every engine accepts."""
 
@@ -66,7 +79,11 @@ class PINEOptions(EPIEOptions):
         0.49, ge=0, le=1, description="Denoising weight; 0 is ePIE, the paper's convergence needs < 0.5."
     )
     denoise_every: int = Field(1, ge=1, description="Denoise after every k-th epoch (the denoiser's cost, see README).")
-    denoiser: str | None = Field(None, description="Denoiser weights file; None: the shipped models/weights/dncnn.pt.")
+    denoiser: str | None = Field(
+        None,
+        description="Denoiser weights file; None: the shipped models/weights/dncnn.pt.",
+        json_schema_extra=FILE_OPTION,
+    )
     tile: int = Field(256, ge=16, le=4096, description="Denoiser tile (pixels per side); tiles overlap by its reach.")
     rescale: Literal["scanned", "object"] = Field(
         "scanned",
