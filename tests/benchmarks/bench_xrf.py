@@ -44,6 +44,7 @@ from workers.metrics import masked_frc
 from workers.probe_start import initial_probe
 from workers.simulate import simulate
 from workers.state import ReconState
+from workers.xrf_metrics import frc_crossing, probe_cutoff
 
 OUT = Path(__file__).parent / "xrf"
 OVERLAPS = {0.83: 100, 0.53: 64, 0.2: 36}
@@ -55,6 +56,7 @@ IMAGE_CASES = (
     "fe_ov53_noise3_probe",
     "feznca_ov53_noise0",
     "fe_ov53_noise3_bhcg",
+    "fe_ov83_noise0_bhcg",
     "link_phase2.5",
 )
 """Cases whose image sheets are saved (curves are saved for every case)."""
@@ -204,26 +206,6 @@ def save_images(name: str, scan: ScanData, runs: list[Run]) -> None:
     sheet.quantize(256).save(OUT / f"{name}_images.png", optimize=True)
 
 
-def probe_cutoff(probe: np.ndarray, level: float = 0.1) -> float:
-    """Frequency (cycles/px) where the radial mean of |FT(|P|^2)| / its DC value falls below ``level``."""
-    power = np.abs(probe.reshape(-1, *probe.shape[-2:])) ** 2
-    mtf = np.abs(np.fft.fft2(power.sum(0)))
-    mtf /= mtf[0, 0]
-    fy, fx = np.fft.fftfreq(mtf.shape[0])[:, None], np.fft.fftfreq(mtf.shape[1])[None, :]
-    radius = np.sqrt(fy**2 + fx**2)
-    edges = np.linspace(0, 0.5, mtf.shape[0] // 2 + 1)
-    which = np.digitize(radius, edges) - 1
-    ok = which < len(edges) - 1
-    mean = np.bincount(which[ok], mtf[ok], len(edges) - 1) / np.maximum(np.bincount(which[ok], None, len(edges) - 1), 1)
-    below = np.flatnonzero(mean < level)
-    return float(0.5 * (edges[below[0]] + edges[below[0] + 1])) if len(below) else 0.5
-
-
-def frc_cutoff(freq: np.ndarray, values: np.ndarray, threshold: float = 0.5) -> float:
-    below = np.flatnonzero(values < threshold)
-    return float(freq[below[0]]) if len(below) else float(freq[-1])
-
-
 def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: list[str], **options: object) -> list[Run]:
     runs = [
         reconstruct(scan, "joint", iterations, refine, link="linear", **options),
@@ -282,9 +264,10 @@ def main() -> None:
         for level in (0.0, 0.03):
             compare(f"feznca_ov53_noise{round(level * 100)}", noisy(base, level, 7), n, False, table)
     if "bh" in parts:
-        for overlap in (0.53, 0.2):
-            scan = noisy(scan_for(overlap, ("Fe",)), 0.03, 7)
-            compare(f"fe_ov{round(overlap * 100)}_noise3_bhcg", scan, n, False, table, solver="bh-cg")
+        for overlap, level in ((0.83, 0.0), (0.53, 0.03), (0.2, 0.03)):
+            scan = noisy(scan_for(overlap, ("Fe",)), level, 7)
+            name = f"fe_ov{round(overlap * 100)}_noise{round(level * 100)}_bhcg"
+            compare(name, scan, n, False, table, solver="bh-cg")
     if "alpha" in parts:
         for overlap, level in ((0.83, 0.0), (0.53, 0.03)):
             scan = noisy(scan_for(overlap, ("Fe",)), level, 7)
@@ -346,7 +329,7 @@ def frc_table(n: int) -> None:
             r, c = run.final["origin"].astype(int)
             h, w = truth["object"].shape
             freq, curve = masked_frc(run.final["elements/Fe"][r : r + h, c : c + w], truth["elements/Fe"], lit)
-            values.append(frc_cutoff(freq, curve))
+            values.append(frc_crossing(freq, curve))
             np.savetxt(OUT / f"frc_ov{round(overlap * 100)}_{link}.txt", np.stack([freq, curve], 1), header="freq frc")
         rows.append(
             f"| Fe, {round(overlap * 100)}% overlap, 3% noise | {cut:.3f} | {values[0]:.3f} | {values[1]:.3f} |"

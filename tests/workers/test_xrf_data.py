@@ -129,3 +129,17 @@ def test_element_maps_render_beside_the_object(scan: ScanData) -> None:
     assert result_kinds(flat) == result_kinds(nested) == ("amplitude", "phase", "probe", "elements/Fe")
     image = Image.open(io.BytesIO(render_result(nested, "elements/Fe")))
     assert image.width >= 384 and image.getextrema() != ((255, 255),) * 3
+
+
+def test_element_metrics_against_the_truth(scan: ScanData) -> None:
+    """The truth scores 0 error and FRC to Nyquist; a blurred map (a probe-sized Gaussian) does not."""
+    from workers.xrf_metrics import element_metrics
+
+    truth = scan.truth
+    exact = {"origin": np.zeros(2), "elements": {"Fe": truth["elements/Fe"]}}
+    good = element_metrics(exact, truth)
+    assert good["Fe_map_error"] == 0 and good["Fe_frc05"] > 0.45 and 0 < good["probe_cutoff"] < 0.5
+    fy, fx = np.fft.fftfreq(truth["object"].shape[0])[:, None], np.fft.fftfreq(truth["object"].shape[1])[None, :]
+    blur = np.fft.ifft2(np.fft.fft2(truth["elements/Fe"]) * np.exp(-2 * (np.pi * 4) ** 2 * (fy**2 + fx**2))).real
+    bad = element_metrics({"origin": np.zeros(2), "elements": {"Fe": blur}}, truth)
+    assert bad["Fe_map_error"] > 0.01 and bad["Fe_frc05"] < 0.5 * good["Fe_frc05"]
