@@ -124,6 +124,7 @@ def write_pngs(out: str, result: dict[str, Any]) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from workers.io import load_scan, read_result, result_load_options
     from workers.metrics import data_metrics, truth_metrics
+    from workers.xrf_metrics import element_metrics
 
     result = read_result(args.result)
     geometry = result_load_options(result["attrs"])
@@ -139,6 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if data.truth:
         truth = dict(data.truth)
         out.update(truth_metrics(result["object"], result["origin"], truth, result["positions"]))
+        out.update(element_metrics(result, truth))
         if not args.json:
             out.pop("frc")
     return out
