@@ -290,14 +290,21 @@ def valid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["crms"] > 1e-6 and np.abs(r.get("shift", [0.0, 0.0])).max() <= MAX_SHIFT]
 
 
+NO_VALID = "n/a (no valid registration)"
+
+
 def final(rows: list[dict[str, Any]], key: str) -> str:
     """The last valid evaluation's ``key``, with its epoch when that is not the last epoch."""
+    if not valid(rows):
+        return NO_VALID
     last = valid(rows)[-1]
     return f"{last[key]:.3f}" + ("" if last is rows[-1] else f" (ep {last['epoch']})")
 
 
 def best(rows: list[dict[str, Any]]) -> str:
     """The lowest cRMS of the run and its epoch (where stopping early would have ended)."""
+    if not valid(rows):
+        return NO_VALID
     low = min(valid(rows), key=lambda r: r["crms"])
     return f"{low['crms']:.3f} (ep {low['epoch']})"
 
