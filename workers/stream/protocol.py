@@ -154,13 +154,15 @@ class ScanStart:
 
 @dataclass(frozen=True)
 class Frame:
-    """One detector frame (Y, X); ``position_m`` the sample translation (x, y, z) in metres, or None."""
+    """One detector frame (Y, X); ``position_m`` the sample translation (x, y, z) in metres, or None;
+    ``fluorescence`` the frame's X-ray fluorescence counts by element symbol, or None."""
 
     scan_id: str
     index: int
     data: np.ndarray
     position_m: Translation | None
     nbytes: int
+    fluorescence: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import crc32c
 import numpy as np
 import orjson
 
+from workers.fluorescence import is_element
 from workers.stream.protocol import (
     ANY_FRAME,
     FRAME_DTYPES,
@@ -83,7 +85,20 @@ def _decode_frame(head: Header, parts: Sequence[Part], scan_id: str, expect: Exp
     checksum = head.get("crc32c")
     if checksum is not None and crc32c.crc32c(payload) != checksum:
         raise CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header")
-    return Frame(scan_id, index, data, position(head.get("position_m"), "native frame"), memoryview(payload).nbytes)
+    where = position(head.get("position_m"), "native frame")
+    return Frame(scan_id, index, data, where, memoryview(payload).nbytes, _counts(head.get("xrf"), scan_id, index))
+
+
+def _counts(value: Any, scan_id: str, index: int) -> dict[str, float] | None:
+    """A frame's ``xrf`` field: null, or an object of element symbol -> counts (finite, >= 0)."""
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and all(
+        type(k) is str and type(v) in (int, float) and math.isfinite(v) and v >= 0 for k, v in value.items()
+    )
+    if not ok or not value or not all(is_element(k) for k in value):
+        raise CorruptFrame(scan_id, index, "xrf", f"xrf must map element symbols to counts >= 0, got {value!r}")
+    return {k: float(v) for k, v in value.items()}
 
 
 def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str, expect: Expect) -> FrameBatch:
@@ -92,9 +107,11 @@ def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str, expect: Exp
     if not (type(indices) is list and 0 < len(indices) <= MAX_BATCH and all(type(i) is int for i in indices)):
         raise MalformedMessage(f"native frames: 'index' must be a list of 1 to {MAX_BATCH} integers")
     n = len(indices)
-    positions, checksums = head.get("position_m"), head.get("crc32c")
+    positions, checksums, counts = head.get("position_m"), head.get("crc32c"), head.get("xrf")
     if positions is not None and not (type(positions) is list and len(positions) == n):
         raise MalformedMessage(f"native frames: 'position_m' must be null or a list of {n} positions")
+    if counts is not None and not (type(counts) is list and len(counts) == n):
+        raise MalformedMessage(f"native frames: 'xrf' must be null or a list of {n} objects")
     if checksums is not None and not (type(checksums) is list and len(checksums) == n):
         raise MalformedMessage(f"native frames: 'crc32c' must be null or a list of {n} checksums")
     frame_shape, dtype = shape(head.get("shape"), "native frames"), frame_dtype(head.get("dtype"), "native frames")
@@ -113,7 +130,12 @@ def _decode_batch(head: Header, parts: Sequence[Part], scan_id: str, expect: Exp
         if checksums is not None and crc32c.crc32c(payload) != checksums[k]:
             corrupt.append(CorruptFrame(scan_id, index, "checksum", "crc32c of the frame does not match its header"))
             continue
-        frames.append(Frame(scan_id, index, data, where[k], memoryview(payload).nbytes))
+        try:
+            xrf = _counts(None if counts is None else counts[k], scan_id, index)
+        except CorruptFrame as exc:
+            corrupt.append(exc)
+            continue
+        frames.append(Frame(scan_id, index, data, where[k], memoryview(payload).nbytes, xrf))
     return FrameBatch(scan_id, tuple(frames), tuple(corrupt))
 
 
@@ -177,10 +199,17 @@ def encode_start(start: ScanStart) -> list[Part]:
 
 
 def encode_frame(
-    scan_id: str, index: int, data: np.ndarray, position_m: Sequence[float] | None, compression: str | None = None
+    scan_id: str,
+    index: int,
+    data: np.ndarray,
+    position_m: Sequence[float] | None,
+    compression: str | None = None,
+    *,
+    fluorescence: Mapping[str, float] | None = None,
 ) -> list[Part]:
     """[JSON header, raw frame]; the frame part is the array's own buffer (send with copy=False).
-    Native frames travel uncompressed: ``compression`` (the DECTRIS formats') is ignored."""
+    Native frames travel uncompressed: ``compression`` (the DECTRIS formats') is ignored.
+    ``fluorescence``: the frame's counts by element symbol (header field ``xrf``)."""
     data = np.ascontiguousarray(data)
     fields = {
         "index": index,
@@ -189,13 +218,20 @@ def encode_frame(
         "shape": list(data.shape),
         "crc32c": crc32c.crc32c(data.data),
     }
+    if fluorescence is not None:
+        fields["xrf"] = {k: float(v) for k, v in fluorescence.items()}
     return [_header("frame", scan_id, fields), data.data]
 
 
 def encode_frames(
-    scan_id: str, indices: Sequence[int], frames: Sequence[np.ndarray], positions_m: Sequence[Sequence[float]] | None
+    scan_id: str,
+    indices: Sequence[int],
+    frames: Sequence[np.ndarray],
+    positions_m: Sequence[Sequence[float]] | None,
+    fluorescence: Sequence[Mapping[str, float]] | None = None,
 ) -> list[Part]:
-    """[JSON header, frame 0, frame 1, ...]: one message for several frames of one shape and dtype."""
+    """[JSON header, frame 0, frame 1, ...]: one message for several frames of one shape and dtype
+    (``fluorescence``: each frame's counts by element symbol, header field ``xrf``)."""
     data = [np.ascontiguousarray(f) for f in frames]
     if not data or len(data) != len(indices) or len({(f.shape, f.dtype) for f in data}) != 1:
         raise ValueError("encode_frames: needs one index per frame and frames of one shape and dtype")
@@ -206,6 +242,8 @@ def encode_frames(
         "shape": list(data[0].shape),
         "crc32c": [crc32c.crc32c(f.data) for f in data],
     }
+    if fluorescence is not None:
+        fields["xrf"] = [{k: float(v) for k, v in counts.items()} for counts in fluorescence]
     return [_header("frames", scan_id, fields), *(f.data for f in data)]
 
 
