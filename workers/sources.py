@@ -10,6 +10,7 @@ import numpy as np
 
 from workers.data import Geometry, ScanData
 from workers.errors import DataError, StoppedBeforeFrames
+from workers.fluorescence import Fluorescence
 from workers.job import StreamInput
 from workers.record import RunRecord
 from workers.stream.preprocess import build_preprocessor
@@ -23,7 +24,7 @@ class FrameSource(Protocol):
 
     def first(self, should_stop: Callable[[], bool]) -> ScanData: ...
 
-    def more(self) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def more(self) -> tuple[np.ndarray, np.ndarray, Fluorescence | None] | None: ...
 
     def ended(self) -> bool: ...
 
@@ -85,6 +86,7 @@ class StreamSource:
         self._seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._geometry: Geometry | None = None
         self._mask: np.ndarray | None = None
+        self._elements: tuple[str, ...] | None = None
 
     def first(self, should_stop: Callable[[], bool]) -> ScanData:
         receiver, buffer = self.receiver, self.receiver.buffer
@@ -100,14 +102,28 @@ class StreamSource:
             raise DataError(f"stream {receiver.endpoint}: {why} (rejected {c['rejected']}, malformed {c['malformed']})")
         self._geometry, self._mask = scan.geometry, scan.mask
         self._seen.append((index, frames, corners))
-        return ScanData(frames, corners, scan.geometry, scan.mask, scan.probe, receiver.endpoint)
+        counts = self._fluorescence(index)
+        return ScanData(frames, corners, scan.geometry, scan.mask, scan.probe, receiver.endpoint, fluorescence=counts)
 
-    def more(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def more(self) -> tuple[np.ndarray, np.ndarray, Fluorescence | None] | None:
         index, frames, corners = self.receiver.buffer.drain()
         if not len(index):
             return None
         self._seen.append((index, frames, corners))
-        return frames, corners
+        return frames, corners, self._fluorescence(index)
+
+    def _fluorescence(self, index: np.ndarray) -> Fluorescence | None:
+        """The frames' fluorescence counts (elements as the first frame that carried them names them); None when
+        no frame carried any. A frame without counts (or an element) among frames with them reads NaN, which
+        the engine refuses naming the field."""
+        rows = self.receiver.fluorescence(index)
+        if all(r is None for r in rows):
+            return None
+        if self._elements is None:
+            self._elements = tuple(next(r for r in rows if r is not None))
+        nan = float("nan")
+        counts = [[nan if r is None else r.get(e, nan) for r in rows] for e in self._elements]
+        return Fluorescence(np.asarray(counts, dtype=np.float32), self._elements)
 
     def ended(self) -> bool:
         return self.receiver.done.is_set() and len(self.receiver.buffer) == 0

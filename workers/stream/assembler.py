@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -191,6 +191,7 @@ class Assembler:
         self._frames: dict[int, np.ndarray] = {}
         self._positions: dict[int, Translation] = {}
         self._pending: list[tuple[int, np.ndarray, Translation]] = []
+        self.fluorescence: dict[int, Mapping[str, float]] = {}  # counts by element of the frames that carry them
 
     def handle(self, parts: Sequence[Part]) -> None:
         """Decode one message and account for it; never raises on bad input. Usable frames reach the buffer
@@ -343,6 +344,8 @@ class Assembler:
         except Rejected as exc:
             self._reject(index, exc.reason, msg.scan_id)
             return
+        if msg.fluorescence is not None:
+            self.fluorescence[index] = msg.fluorescence
         if position is None:
             self._frames[index] = image
             self.counters.waiting_peak = max(self.counters.waiting_peak, len(self._frames))

@@ -93,6 +93,14 @@ def corrupt(parts: list[Part], rng: np.random.Generator) -> list[Part]:
     return [*parts[:k], bytes(payload), *parts[k + 1 :]]
 
 
+def _counts(data: ScanData) -> list[dict[str, float]] | None:
+    """Each frame's fluorescence counts by element (the native ``xrf`` field), or None for a scan without."""
+    if data.fluorescence is None:
+        return None
+    names = data.fluorescence.elements
+    return [dict(zip(names, map(float, column), strict=True)) for column in data.fluorescence.counts.T]
+
+
 def replay(
     data: ScanData,
     endpoint: str,
@@ -110,7 +118,8 @@ def replay(
 ) -> ReplayReport:
     """Send ``data`` as one scan to ``endpoint`` (PUSH, connecting) at ``rate_hz`` frames/s (None: as fast as possible).
 
-    Positions travel in the frame headers (native, v2), else as position messages: on
+    Fluorescence counts (a scan's ``fluorescence``) travel in native frame headers (``xrf``); the DECTRIS
+    formats have no field for them. Positions travel in the frame headers (native, v2), else as position messages: on
     ``positions_endpoint`` when given (sent ``position_lag`` frames late; negative: early),
     otherwise on the frame socket. ``batch`` > 1 (native only) sends that many frames per
     ``frames`` message. ``linger_ms`` bounds how long closing waits to flush.
@@ -122,6 +131,7 @@ def replay(
     translations = units.translations_from_corners(data.positions, data.geometry.pixel_size, data.frame_size).tolist()
     fmt = FORMATS[kind]
     separate = positions_endpoint is not None or not fmt.positions_in_frames
+    xrf = _counts(data) if kind == Protocol.NATIVE else None
     rng = np.random.default_rng(faults.seed)
     report = ReplayReport()
     context = zmq.Context()
@@ -145,12 +155,17 @@ def replay(
         """Send the pending frames: one message each, or one ``frames`` message (a corrupted frame: its own part)."""
         if batch == 1:
             for i, frame, bad in pending:
-                parts = fmt.encode_frame(scan_id, i, frame, None if separate else translations[i], compression)
+                where = None if separate else translations[i]
+                if xrf is None:
+                    parts = fmt.encode_frame(scan_id, i, frame, where, compression)
+                else:
+                    parts = native.encode_frame(scan_id, i, frame, where, fluorescence=xrf[i])
                 send(sock, corrupt(parts, rng) if bad else parts)
         elif pending:
             index = [i for i, _, _ in pending]
             where = None if separate else [translations[i] for i in index]
-            parts = native.encode_frames(scan_id, index, [f for _, f, _ in pending], where)
+            counts = None if xrf is None else [xrf[i] for i in index]
+            parts = native.encode_frames(scan_id, index, [f for _, f, _ in pending], where, counts)
             for k, (_, _, bad) in enumerate(pending):
                 if bad:
                     parts = [*parts[: k + 1], *corrupt([parts[k + 1]], rng), *parts[k + 2 :]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import zmq
@@ -88,6 +89,11 @@ class Receiver:
     def indices(self) -> tuple[frozenset[int], frozenset[int]]:
         """The frame indices received and rejected so far (copies: safe to call while the loop runs)."""
         return frozenset(self._assembler._seen), frozenset(self._assembler._rejected)
+
+    def fluorescence(self, indices: Iterable[int]) -> list[Mapping[str, float] | None]:
+        """The fluorescence counts by element of frames ``indices`` (None where a frame carried none)."""
+        counts = self._assembler.fluorescence
+        return [counts.get(int(i)) for i in indices]
 
     def start(self) -> Receiver:
         self._thread = threading.Thread(target=self.run, name="receiver", daemon=True)
