@@ -121,8 +121,9 @@ def read_probe_file(path: str | Path, size: int) -> np.ndarray:
 
 
 def _scaled(probe: np.ndarray, data: ScanData) -> np.ndarray:
-    """``probe`` scaled so that sum |P|^2 (all modes) is the mean frame intensity."""
-    power = float(data.intensities.sum(axis=(1, 2), dtype=np.float64).mean())
+    """``probe`` scaled so that sum |P|^2 (all modes) is the mean frame intensity over the valid pixels (masked
+    pixels, e.g. saturated ones, would count whatever they hold)."""
+    power = float(_mean_pattern(data).sum())
     return (probe * np.sqrt(power / (np.abs(probe) ** 2).sum())).astype(np.complex64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -117,3 +118,17 @@ def test_near_field_search_picks_a_back_propagated_hologram() -> None:
     overlap = abs(np.vdot(probe[0], true)) / (np.linalg.norm(probe[0]) * np.linalg.norm(true))
     flat = np.full_like(true, 1.0)
     assert overlap > abs(np.vdot(flat, true)) / (np.linalg.norm(flat) * np.linalg.norm(true)), record
+
+
+def test_start_power_ignores_masked_pixels(ring_scan: ScanData) -> None:
+    """Masked pixels holding garbage (1e12 counts) do not scale the start probe: its power is the valid pixels'."""
+    mask = np.ones((32, 32), dtype=bool)
+    mask[14:18, 14:18] = False
+    clean = replace(ring_scan, mask=mask)
+    frames = ring_scan.intensities.copy()
+    frames[:, ~mask] = 1e12
+    dirty = replace(clean, intensities=frames)
+    power = [float((np.abs(initial_probe(d)[0]) ** 2).sum()) for d in (clean, dirty)]
+    valid = float(ring_scan.intensities[:, mask].sum(1).mean())
+    assert power[1] == pytest.approx(power[0], rel=1e-6)
+    assert power[0] == pytest.approx(valid, rel=1e-3)

@@ -90,9 +90,7 @@ def test_probe_with_a_zeroed_half(scan: ScanData, name: str) -> None:
     _assert_lowers(losses)
 
 
-# joint-xrf's physical link bounds |O| <= 1, so it cannot absorb the start probe's scale here: initial_probe
-# scales sum |P|^2 to the mean frame *including* the masked 1e12 pixels (x5e9 too bright); the others can.
-@pytest.mark.parametrize("name", [name for name in ENGINES if name != "joint-xrf"])
+@pytest.mark.parametrize("name", ENGINES)
 def test_saturated_and_masked_pixels(scan: ScanData, name: str) -> None:
     """Masked pixels hold garbage (huge counts); unmasked ones are clipped at a saturation level."""
     frames = scan.intensities.copy()
