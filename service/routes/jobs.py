@@ -34,7 +34,7 @@ from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
 from service.strict_json import StrictJSONRoute
 from workers.engines.options import file_options
-from workers.images import render_result
+from workers.images import element_maps, render_result
 from workers.io import read_result
 from workers.job import FileInput, JobSpec
 from workers.schedule import StageSpec
@@ -281,6 +281,31 @@ def get_result_image(
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size, kind)
     return Response(images.get(key, lambda: render_result(read_result(path), kind)), media_type="image/png")
+
+
+@router.get(
+    "/{job_id}/result/elements/{element}.png", dependencies=[Readable], responses={**PNG, **READ, **responses(409)}
+)
+def get_result_element_image(
+    job_id: JobId,
+    element: Annotated[str, Path(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,15}$", description="The element map's name.")],
+    store: StoreDep,
+    images: ImagesDep,
+) -> Response:
+    """One element map of a joint fluorescence result (``elements/<name>``) as an annotated PNG (colour bar in
+    g/cm^2, scale bar), cached like the other result images; 404 if the result has no such map."""
+    path = result_file(store, job_id)
+    stat = path.stat()
+
+    def render() -> bytes:
+        result = read_result(path)
+        if element not in element_maps(result):
+            names = ", ".join(element_maps(result)) or "none"
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"element: no map {element!r} in the result (maps: {names})")
+        return render_result(result, f"elements/{element}")
+
+    key = (str(path), stat.st_mtime_ns, stat.st_size, f"elements/{element}")
+    return Response(images.get(key, render), media_type="image/png")
 
 
 @router.post(

@@ -33,8 +33,8 @@ def guarded(settings: Settings) -> Settings:
     return settings.model_copy(update={"read_access": "token", "read_token": READ_TOKEN})
 
 
-def finished_job(store: JobStore, settings: Settings, scan_file: str) -> str:
-    """A cancelled job whose (small) result file exists."""
+def finished_job(store: JobStore, settings: Settings, scan_file: str, *, elements: tuple[str, ...] = ()) -> str:
+    """A cancelled job whose (small) result file exists (with ``elements`` maps, as a joint XRF run writes)."""
     job_id = JobStore.new_id()
     request = JobRequest(input=FileInput(file=str(settings.data_root.resolve() / scan_file)), schedule=SCHEDULE)
     spec = spec_for(request, settings, job_id)
@@ -45,6 +45,7 @@ def finished_job(store: JobStore, settings: Settings, scan_file: str) -> str:
         "probe": np.ones((1, 32, 32), complex),
         "positions": rng.uniform(0, 60, (20, 2)),
         "origin": np.zeros(2),
+        **{f"elements/{name}": rng.random((96, 96)) * 1e-6 for name in elements},
     }
     Path(spec.output).parent.mkdir(parents=True)
     write_result(spec.output, state, loss=np.ones(3), time_s=np.arange(3.0), attrs={"complete": False})
@@ -57,7 +58,7 @@ def read_paths(client: TestClient) -> list[str]:
     """Every read operation of the jobs resource in the OpenAPI, with a job id filled in."""
     paths = client.get("/openapi.json").json()["paths"]
     return [
-        p.replace("{job_id}", "0123abcd").replace("{kind}", "phase")
+        p.replace("{job_id}", "0123abcd").replace("{kind}", "phase").replace("{element}", "Fe")
         for p, ops in paths.items()
         if p.startswith("/api/jobs") and "get" in ops
     ]
@@ -265,3 +266,15 @@ def test_the_openapi_documents_every_error_as_sent(client: TestClient) -> None:
         for code in codes - {"200", "201", "204"}:
             ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
             assert ref.endswith("/ErrorReply"), (path, code)
+
+
+def test_element_maps_of_a_result_as_images(
+    client: TestClient, settings: Settings, store: JobStore, scan_file: str
+) -> None:
+    job_id = finished_job(store, settings, scan_file, elements=("Fe", "Zn"))
+    for name in ("Fe", "Zn"):
+        r = client.get(f"/api/jobs/{job_id}/result/elements/{name}.png")
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text
+    r = client.get(f"/api/jobs/{job_id}/result/elements/Cu.png")
+    assert r.status_code == 404 and r.json()["detail"] == "element: no map 'Cu' in the result (maps: Fe, Zn)"
+    assert client.get(f"/api/jobs/{job_id}/result/elements/..%2Fx.png").status_code in (404, 422)
