@@ -14,7 +14,8 @@ Runs are cached (JSON, --cache) so that baselines and PINE can be run apart; ``r
 * sim: 3 objects (seeds 1-3 at 1e3, 3e3, 1e4 photons per frame) x 2 probes (focused, structured), 64 px
   frames, 100 Fermat positions spaced 65% of the beam (overlap 0.35), the same start probe (the
   project's probe start) for every engine, each at its defaults (ePIE alpha = beta = 1, rPIE
-  alpha = 0.1, beta = 1, PINE = ePIE's steps with rho = 0.49 after every 5th epoch, --every).
+  alpha = 0.1, beta = 1, PINE = ePIE's steps with rho = 0.49 after every epoch as in the seed, --every;
+  with the retrained weights every epoch beat every 5th, 0.350 vs 0.362 cRMS at 50 epochs in 4.3x the time).
   ePIE and rPIE 300 epochs, PINE 150; the lowest cRMS of each run is listed too (at low dose ePIE
   and rPIE fit the noise: their cRMS rises again, and stopping early would have done better).
   Every 10 epochs: cRMS and FRC against the truth (``workers.metrics.truth_metrics``); FRC_low is the
@@ -60,7 +61,10 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "tests" / "benchmarks" / "pine"
 EPOCHS = {"epie": 300, "rpie": 300, "pine": 150}
 EVERY = 10  # epochs between truth metrics
-MAX_SHIFT = 4.0  # pixels: a registration further off is a failed one (``valid``)
+# pixels: a registration further off is a failed one (``valid``). With the structured probe every engine's
+# object drifts by 3-6 px as a whole (object and probe shift together; steady over the run, measured); a
+# failed registration (the twin) lies tens of pixels off (-20, 17 on object 1 structured with rPIE)
+MAX_SHIFT = 8.0
 THRESHOLD = 0.8  # FRC_low to reach (0.6 was reached within 10 epochs by nearly every run)
 CASES = [
     (seed, photons, probe) for seed, photons in ((1, 1e3), (2, 3e3), (3, 1e4)) for probe in ("focused", "structured")
@@ -286,7 +290,7 @@ def valid(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The evaluations where ``truth_metrics`` registered the object where it is: it sometimes takes the
     twin at a shift of tens of pixels, with little or no overlap left, and reports cRMS down to 0 and
     FRC near 1 (seen on object 1 focused, object 3 structured). The scans' positions are exact, so a
-    true shift is under a few pixels."""
+    true shift is under ``MAX_SHIFT``."""
     return [r for r in rows if r["crms"] > 1e-6 and np.abs(r.get("shift", [0.0, 0.0])).max() <= MAX_SHIFT]
 
 
@@ -408,7 +412,7 @@ def main() -> None:
     p.add_argument("--after", type=int, default=40, help="stream: epochs after the scan")
     p.add_argument("--rate", type=float, default=200.0, help="stream: frames per second")
     p.add_argument("--cache", type=Path, default=Path("/tmp/bench_pine"))
-    p.add_argument("--every", type=int, default=5, help="pine: denoise after every k-th epoch")
+    p.add_argument("--every", type=int, default=1, help="pine: denoise after every k-th epoch")
     p.add_argument("--denoiser", help="pine: weights file (default: the shipped weights)")
     args = p.parse_args()
     PINE.update({"denoise_every": args.every} | ({"denoiser": args.denoiser} if args.denoiser else {}))

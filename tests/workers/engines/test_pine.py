@@ -99,8 +99,8 @@ def test_missing_weights_named(tiny_scan: ScanData, tmp_path: Path) -> None:
 
 def test_shipped_denoiser_beats_epie_at_low_dose() -> None:
     """1e3 photons per frame, spacing 65% of the beam, known probe, 20 epochs: PINE's object is closer to
-    the truth. With the shipped small-config weights (+2 dB on object patches) the margin is small:
-    cRMS 0.241 vs 0.243 (see tests/benchmarks/bench_pine.py for the full comparison)."""
+    the truth. With the shipped small-config weights (+3.6 dB on object patches): cRMS 0.234 vs 0.243
+    (see tests/benchmarks/bench_pine.py for the full comparison)."""
     assert WEIGHTS.is_file(), f"the trained weights must ship at {WEIGHTS}"
     data = simulate(probe_size=32, n_positions=49, overlap=0.35, photons=1e3, seed=11)
     crms = {}
