@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from service.jobspec import spec_for
 from service.settings import Settings
@@ -50,6 +51,8 @@ def run_detector(
     from workers.stream.detector import replay
 
     data = simulate(probe_size=64, n_positions=positions, overlap=0.7, photons=1e6, seed=7)
+    if stop.is_set():
+        return
     target = data_root / DEMO_FILE
     if not target.exists():
         data_root.mkdir(parents=True, exist_ok=True)
@@ -70,10 +73,18 @@ def run_detector(
     replay(data, endpoint.stream, rate_hz=rate_hz, stop=stop, scan_id=job_id)
 
 
+class Demo(NamedTuple):
+    """The demo's job and the thread of its virtual detector (stopped by the event given to ``start_demo``)."""
+
+    job_id: str
+    detector: threading.Thread
+
+
 def start_demo(
     settings: Settings, *, positions: int, rate_hz: float, iterations_after_scan: int, stop: threading.Event
-) -> str:
-    """Submit the demo job and start its detector thread; returns the job id."""
+) -> Demo:
+    """Submit the demo job and start its detector thread. Join the thread after setting ``stop`` before the
+    process exits: it may be inside torch (the simulation), which aborts the process if finalised under it."""
     store = JobStore.connect(settings.redis_url, settings.key_prefix)
     job_id = submit_demo_job(settings, store, iterations_after_scan=iterations_after_scan)
     thread = threading.Thread(
@@ -84,4 +95,4 @@ def start_demo(
         daemon=True,
     )
     thread.start()
-    return job_id
+    return Demo(job_id, thread)

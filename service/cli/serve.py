@@ -71,6 +71,7 @@ def cmd_worker_queue(args: argparse.Namespace) -> dict[str, Any]:
 
 
 WORKER_STOP_S = 60.0  # how long serve waits for its worker to stop the running job and record its partial result
+DETECTOR_STOP_S = 30.0  # how long serve waits for the demo detector (mid-simulation it is inside torch)
 
 
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,14 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         job_id = None
         if args.demo:  # the detector stops after the worker: the job is cancelled, not starved of frames
             detector_stop = threading.Event()
-            cleanup.callback(detector_stop.set)
-            job_id = start_demo(
+            job_id, detector = start_demo(
                 settings,
                 positions=args.demo_positions,
                 rate_hz=args.demo_rate,
                 iterations_after_scan=args.demo_iterations,
                 stop=detector_stop,
             )
+            cleanup.callback(detector.join, DETECTOR_STOP_S)
+            cleanup.callback(detector_stop.set)
             print(f"demo job {job_id}: open http://{args.host}:{args.port}/", file=sys.stderr)
         failures: list[Exception] = []
         if not args.no_worker:

@@ -173,11 +173,12 @@ def test_the_demo_scan_is_a_file_job_input(client: TestClient, worker: None, set
     from service.demo import DEMO_FILE, start_demo
 
     stop = threading.Event()
-    demo = start_demo(settings, positions=24, rate_hz=200.0, iterations_after_scan=2, stop=stop)
+    demo, detector = start_demo(settings, positions=24, rate_hz=200.0, iterations_after_scan=2, stop=stop)
     try:
         wait_for(lambda: state(client, demo) not in ("queued", "running"), 120, "the demo job to finish")
     finally:
         stop.set()
+        detector.join(30)
     assert state(client, demo) == "succeeded"
     assert (settings.data_root / DEMO_FILE).is_file()
     job_id = submit(client, DEMO_FILE, [{"engine": "epie", "iterations": 2}])
