@@ -22,7 +22,6 @@ the guard's decision and residuals.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import time
@@ -31,8 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
+from tests.benchmarks.sheets import tile
 from workers import images, physics
 from workers.data import Geometry, ScanData
 from workers.engines.base import Engine
@@ -270,20 +269,6 @@ def pictures(cache: Path) -> None:
                 [(f"{label}: {k}", images.png(k, images.view(k, obj, probe), region)) for k in ("amplitude", "phase")]
             )
         tile(rows, OUT / f"{name}.png")
-
-
-def tile(rows: list[list[tuple[str, bytes]]], path: Path) -> None:
-    """A grid of labelled PNGs (rows of (label, png bytes)) written to ``path``."""
-    pics = [[(label, Image.open(io.BytesIO(b)).convert("RGB")) for label, b in row] for row in rows]
-    w = max(p.width for row in pics for _, p in row)
-    h = max(p.height for row in pics for _, p in row) + 14
-    grid = Image.new("RGB", (w * max(len(r) for r in pics), h * len(pics)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, row in enumerate(pics):
-        for j, (label, p) in enumerate(row):
-            grid.paste(p, (j * w, i * h + 14))
-            draw.text((j * w + 4, i * h + 1), label, fill="black")
-    grid.quantize(64).save(path, optimize=True)
 
 
 def main() -> None:

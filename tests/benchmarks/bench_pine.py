@@ -30,7 +30,6 @@ Runs are cached (JSON, --cache) so that baselines and PINE can be run apart; ``r
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import threading
 import time
@@ -39,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
+from tests.benchmarks.sheets import tile
 from workers import images
 from workers.data import ScanData
 from workers.engines.base import Engine
@@ -128,23 +127,6 @@ def save(cache: Path, key: str, value: Any) -> None:
 def load(cache: Path, key: str) -> Any:
     path = cache / f"{key}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def tile(rows: list[list[tuple[str, bytes]]], path: Path, scale: float = 1.0) -> None:
-    """A grid of labelled PNGs (rows of (label, png bytes)), shrunk by ``scale``, written to ``path``."""
-    pics = [[(label, Image.open(io.BytesIO(b)).convert("RGB")) for label, b in row] for row in rows]
-    w = max(p.width for row in pics for _, p in row)
-    h = max(p.height for row in pics for _, p in row) + 14
-    grid = Image.new("RGB", (w * max(len(r) for r in pics), h * len(pics)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, row in enumerate(pics):
-        for j, (label, p) in enumerate(row):
-            grid.paste(p, (j * w, i * h + 14))
-            draw.text((j * w + 4, i * h + 1), label, fill="black")
-    if scale != 1.0:
-        grid = grid.resize((int(grid.width * scale), int(grid.height * scale)), Image.Resampling.LANCZOS)
-    OUT.mkdir(parents=True, exist_ok=True)
-    grid.quantize(64).save(path, optimize=True)
 
 
 def views(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, pixel_size: float = 0.0) -> list[bytes]:
