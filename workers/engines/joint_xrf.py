@@ -83,13 +83,13 @@ class JointXRF(BatchedEngine):
         link = self.options.link
         return self.base if link == "none" else xrf_model.linked_object(link, self.base, self.u)
 
-    def _terms(self, index: Tensor, counts: Tensor, scale: Tensor, obj: Tensor) -> tuple[Tensor, Tensor]:
-        """Summed ptychographic and fluorescence residuals of the frames ``index``."""
+    def _terms(self, index: Tensor, counts: Tensor, scale: Tensor, obj: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed ptychographic and fluorescence residuals of the frames ``index`` at object ``obj``, maps ``u``."""
         corner, frac = self.split(index)
         patches = physics.patches(obj, corner, frac, self.size, physics.SUBPIXEL_PAD)
         far = self.propagator.forward(physics.exit_waves(self.state.probe, patches))
         ptycho = physics.amplitude_residual(physics.model_amplitude(far), self.amplitudes[index], self.mask)
-        model = xrf_model.expected_counts(xrf_model.illumination(self.state.probe), self.u, corner, frac, scale)
+        model = xrf_model.expected_counts(xrf_model.illumination(self.state.probe), u, corner, frac, scale)
         return ptycho, xrf_model.fluorescence_residual(model, counts[:, index], self.options.fluorescence_loss)
 
     def _intensity(self) -> float:
@@ -100,19 +100,23 @@ class JointXRF(BatchedEngine):
         return float(counts.square().sum() if self.options.fluorescence_loss == "gaussian" else counts.sum()) or 1.0
 
     def gradnorm_alpha(self, counts: Tensor, scale: Tensor) -> float:
-        """alpha = ||grad_O F_ptycho|| / ||grad_u F_fluor|| at the current state (seed sec. 2.3), x alpha_scale."""
-        obj = self._object().detach().requires_grad_(True)
-        self.u.requires_grad_(True)
-        try:
-            for index in self.batches():
-                ptycho, fluor = self._terms(index, counts, scale, obj)
-                (ptycho / self._intensity() + fluor / self._norm(counts)).backward()
-            g_obj, g_u = obj.grad, self.u.grad
-        finally:
-            self.u.requires_grad_(False)
-            self.u.grad = None
-        g_fluor = float(torch.linalg.vector_norm(g_u)) if g_u is not None else 0.0
-        ratio = float(torch.linalg.vector_norm(g_obj)) / g_fluor if g_obj is not None and g_fluor > 0 else 1.0
+        """alpha = ||grad F_ptycho|| / ||grad_u F_fluor|| at the current state (seed sec. 2.3), x alpha_scale.
+
+        GradNorm balances the tasks' gradients on their shared variables: the absorptions u through
+        the link (grad_u F_ptycho); with ``link="none"`` nothing is shared and the object stands in.
+        """
+        link = self.options.link
+        linked = link != "none"
+        base = self.base.detach().clone().requires_grad_(not linked)
+        u_p = self.u.detach().clone().requires_grad_(linked)
+        u_f = self.u.detach().clone().requires_grad_(True)
+        for index in self.batches():
+            obj = xrf_model.linked_object(link, base, u_p) if linked else base
+            ptycho, fluor = self._terms(index, counts, scale, obj, u_f)
+            (ptycho / self._intensity() + fluor / self._norm(counts)).backward()
+        g_ptycho = u_p.grad if linked else base.grad
+        g_fluor = float(torch.linalg.vector_norm(u_f.grad)) if u_f.grad is not None else 0.0
+        ratio = float(torch.linalg.vector_norm(g_ptycho)) / g_fluor if g_ptycho is not None and g_fluor > 0 else 1.0
         return ratio * self.options.alpha_scale
 
     def epoch_step(self, update_probe: bool) -> torch.Tensor:
@@ -133,7 +137,7 @@ class JointXRF(BatchedEngine):
         state.probe.requires_grad_(update_probe)
         try:
             for index in self.batches():
-                ptycho, fluor = self._terms(index, counts, scale, self._object())
+                ptycho, fluor = self._terms(index, counts, scale, self._object(), self.u)
                 opt.zero_grad(set_to_none=True)
                 (ptycho / self._intensity() + self.alpha * fluor / norm).backward()
                 opt.step()
