@@ -12,9 +12,11 @@ Through the link, dO(s) = dz(s) (linear: dz = -1/2 sum s_u + i s_base) or O dz(s
 d2O(s1, s2) = O dz1 dz2), so H_f(s1, s2) = H_p(dO1 + dP1, dO2 + dP2) + <grad_O F_p, d2O(s1, s2)>
 + alpha H_fluor(s1, s2), H_fluor = 2 [ <df1, df2> + <r, d2f(s1, s2)> ] / sum D^2 with
 df(s) = A(|P|^2, s_u) + A(2 Re conj(P) s_P, u) and d2f = A(2 Re conj(P) s_P1, s_u2) +
-A(2 Re conj(P) s_P2, s_u1) + A(2 Re conj(s_P1) s_P2, u). Newton step length -<g, s> / H(s, s),
-Daniel's conjugate directions, the object-block preconditioner of seed 002 (1 / (illumination +
-10% of its peak)) on base and u; u >= 0 is projected after every step.
+A(2 Re conj(P) s_P2, s_u1) + A(2 Re conj(s_P1) s_P2, u). Each step minimises the quadratic
+model on the span of the blocks (base, u, probe) of the preconditioned gradient and of the previous
+step (conjugate directions per block; groups with no curvature between them, e.g. object and maps
+with ``link="none"``, are solved apart), with the object-block preconditioner of seed 002
+(1 / (illumination + 10% of its peak)) on base and u; u >= 0 is projected after every step.
 """
 
 from __future__ import annotations
@@ -166,50 +168,71 @@ def preconditioner(objective: JointObjective, st: State, update_probe: bool) -> 
 
 
 class JointBHCG:
-    """One BH-CG iteration per ``step``; remembers the previous direction (Daniel's beta)."""
+    """One BH-CG iteration per ``step``; remembers the previous step (its blocks span the next subspace)."""
 
     def __init__(self) -> None:
         self.previous: Point | None = None
 
     def step(self, objective: JointObjective, x: Point, update_probe: bool) -> tuple[Point, State]:
-        """x + s with block step lengths (u projected onto u >= 0), and the state at x (value, residuals)."""
+        """x + s, s minimising the quadratic model on the span of the blocks of -Cg and of the previous
+        step (u then projected onto u >= 0), and the state at x (value, residuals)."""
         st = objective.evaluate(x)
         g = objective.gradient(st)
         c_obj, c_probe = preconditioner(objective, st, update_probe)
-        pg = Point(g.base * c_obj, g.u * c_obj, g.probe * c_probe)
-        s = pg.combine(-1.0)
-        h = objective.hessian_matrix(st, [s] if self.previous is None else [s, self.previous])
-        if self.previous is not None and h[1, 1] > 0:
-            beta = float(h[0, 1] / h[1, 1])
-            s = s.combine(1.0, self.previous, beta)
-            h_ss = float(h[0, 0] + 2 * beta * h[0, 1] + beta**2 * h[1, 1])
-        else:
-            h_ss = float(h[0, 0])
-        steps = self._block_steps(objective, st, g, s, h_ss)
-        s = Point(s.base * steps[0], s.u * steps[1], s.probe * steps[2])
-        new = x.combine(1.0, s, 1.0)
+        s = Point(g.base * c_obj, g.u * c_obj, g.probe * c_probe).combine(-1.0)
+        fresh = _blocks(s)
+        dirs = fresh + ([] if self.previous is None else _blocks(self.previous))
+        h = objective.hessian_matrix(st, dirs)
+        rhs = -torch.tensor([g.dot(d) for d in dirs], dtype=torch.float64)
+        lengths = torch.zeros(len(dirs), dtype=torch.float64)
+        for group in _coupled(h):
+            lengths[group] = _group_lengths(objective, st, dirs, h, rhs, group, len(fresh))
+        step = Point(*(torch.zeros_like(t) for t in s.parts()))
+        for d, a in zip(dirs, lengths.tolist(), strict=True):
+            step = step.combine(1.0, d, a)
+        new = x.combine(1.0, step, 1.0)
         new.u.clamp_(min=0)
-        self.previous = s
+        self.previous = step
         return new, st
 
-    @staticmethod
-    def _block_steps(objective: JointObjective, st: State, g: Point, s: Point, h_ss: float) -> list[float]:
-        """Step lengths (base, u, probe): the Newton step on the span of s's three blocks (their scales
-        differ: one length for all stalls the maps), else the single Newton length -<g, s> / H(s, s)."""
-        zero = [torch.zeros_like(t) for t in s.parts()]
-        blocks = [Point(*(t if k == i else zero[k] for k, t in enumerate(s.parts()))) for i in range(3)]
-        active = [i for i, b in enumerate(blocks) if bool(b.parts()[i].abs().sum() > 0)]
-        h = objective.hessian_matrix(st, [blocks[i] for i in active])
-        rhs = -torch.tensor([g.dot(blocks[i]) for i in active], dtype=torch.float64)
-        steps = [0.0, 0.0, 0.0]
-        if bool(torch.all(torch.linalg.eigvalsh(h) > 0)):
-            for i, a in zip(active, torch.linalg.solve(h, rhs).tolist(), strict=True):
-                steps[i] = a
-            return steps
-        if not h_ss > 0:
-            h_ss = float(objective.hessian_matrix(st, [s], positive=True)[0, 0])
-        alpha = -g.dot(s) / h_ss if h_ss > 0 else 0.0
-        return [alpha, alpha, alpha]
+
+def _blocks(s: Point) -> list[Point]:
+    """The non-zero blocks of ``s`` (base, u, probe), each a point zero elsewhere: their scales differ
+    (one length for all stalls the maps) and, with ``link="none"``, object and maps are separate
+    problems that one conjugate direction would couple."""
+    parts = s.parts()
+    zero = [torch.zeros_like(t) for t in parts]
+    return [
+        Point(*(t if k == i else zero[k] for k, t in enumerate(parts)))
+        for i in range(3)
+        if bool(parts[i].abs().sum() > 0)
+    ]
+
+
+def _coupled(h: Tensor) -> list[list[int]]:
+    """Index groups of ``h`` with no curvature between groups (exact zeros: no shared variable)."""
+    groups: list[list[int]] = []
+    for i in range(h.shape[0]):
+        linked = [grp for grp in groups if any(bool(h[i, j] != 0) for j in grp)]
+        merged = [i] + [j for grp in linked for j in grp]
+        groups = [grp for grp in groups if grp not in linked] + [sorted(merged)]
+    return groups
+
+
+def _group_lengths(
+    objective: JointObjective, st: State, dirs: list[Point], h: Tensor, rhs: Tensor, group: list[int], n_fresh: int
+) -> Tensor:
+    """Newton lengths on one group: H c = rhs with the exact curvature where positive definite, else
+    the positive (Gauss-Newton) curvature, else on the group's current-gradient blocks alone."""
+    for candidate in (group, [i for i in group if i < n_fresh]):
+        if not candidate:
+            continue
+        for sub in (h[candidate][:, candidate], objective.hessian_matrix(st, [dirs[i] for i in candidate], True)):
+            if bool(torch.all(torch.linalg.eigvalsh(sub) > 0)):
+                out = torch.zeros(len(group), dtype=torch.float64)
+                out[[group.index(i) for i in candidate]] = torch.linalg.solve(sub, rhs[candidate])
+                return out
+    return torch.zeros(len(group), dtype=torch.float64)
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
