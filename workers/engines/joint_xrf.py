@@ -27,8 +27,8 @@ class JointXRF(BatchedEngine):
     inversions), rho is Gaussian or Poisson. Unknowns: the base (phase or real part), u >= 0
     (projected after every step) and the probe; Adam steps per mini-batch of frames with their
     counts, or (``solver="bh-cg"``) one BH-CG iteration on all frames per epoch (``workers.xrf_bh``).
-    alpha: GradNorm at the first epoch, ||grad_O F_ptycho|| / ||grad_u F_fluor|| (seed sec. 2.3,
-    beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
+    alpha: GradNorm at the first epoch, ||grad_u F_ptycho|| / ||grad_u F_fluor|| on the shared
+    absorptions (seed sec. 2.3, beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
     re-read from the state (lossless: the state holds O and w) and Adam's moments restart.
     """
 
