@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from service.cache import TTLCache
 from service.deps import (
     Authorized,
     HubDep,
@@ -237,14 +238,20 @@ async def get_preview(
     job_id: JobId, kind: Literal["amplitude", "phase", "probe"], store: StoreDep, replies: RepliesDep
 ) -> Response:
     """The latest preview image of the object amplitude, phase or the probe amplitude."""
+    return preview_reply(store, replies, job_id, kind)
+
+
+def preview_reply(store: JobStore, replies: TTLCache[bytes | None], job_id: str, channel: str) -> Response:
+    """The latest preview PNG of one channel of a job (shared by its pollers for the reply cache's time);
+    404 if the job has none yet."""
 
     def compute() -> bytes | None:
         store.get(job_id)
-        return store.preview(job_id, kind)
+        return store.preview(job_id, channel)
 
-    data = replies.get(("preview", job_id, kind), compute)
+    data = replies.get(("preview", job_id, channel), compute)
     if data is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no {kind} preview yet")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no {channel} preview yet")
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 

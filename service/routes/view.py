@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
 
 from service.deps import Authorized, Readable, RepliesDep, StoreDep
 from service.errors import responses
+from service.routes.jobs import preview_reply
 from service.store import TERMINAL, JobNotFound, JobState, TransitionError
 
 router = APIRouter(prefix="/api/jobs", tags=["view"])
@@ -105,15 +106,7 @@ def get_view(job_id: JobId, store: StoreDep, replies: RepliesDep) -> Response:
 )
 def get_channel(job_id: JobId, channel: ChannelName, store: StoreDep, replies: RepliesDep) -> Response:
     """The latest preview image of one channel (bare: one pixel per value, no bars)."""
-
-    def compute() -> bytes | None:
-        store.get(job_id)
-        return store.preview(job_id, channel)
-
-    data = replies.get(("channel", job_id, channel), compute)
-    if data is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no {channel} preview yet")
-    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return preview_reply(store, replies, job_id, channel)
 
 
 @router.delete("", response_model=Cleared, dependencies=[Authorized], responses=responses(401, 422))
