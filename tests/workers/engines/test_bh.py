@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -19,15 +17,6 @@ from workers.simulate import simulate
 from workers.state import ReconState
 
 GEOMETRIES = {"far": Geometry("far"), "near": Geometry("near", 1e-10, 0.05, 5e-7)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: on 2-core VMs torch's spinning OpenMP pool makes small ops ~20x slower (PEERS.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _crandn(gen: torch.Generator, *shape: int) -> torch.Tensor:

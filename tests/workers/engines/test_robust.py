@@ -8,7 +8,6 @@ probe/object scale must not drift until the loss rises).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -26,14 +25,6 @@ from workers.state import ReconState
 
 ENGINES = [name.value for name in EngineName]
 EPOCHS = 6
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
