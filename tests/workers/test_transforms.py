@@ -17,6 +17,7 @@ from workers import ff_state
 from workers.data import ScanData
 from workers.engines.registry import make_engine
 from workers.metrics import model_intensities
+from workers.record import Result
 from workers.runtime import Stage, run_schedule, run_stream
 from workers.schedule import FastForwardOptions, parse_schedule
 from workers.state import ReconState
@@ -61,13 +62,8 @@ def test_recentring_moves_the_probe_and_keeps_the_intensities(small_scan: ScanDa
     assert change < 1e-3, change
 
 
-def _host(state: ReconState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return state.object.numpy(), state.probe.numpy(), state.positions.numpy()
-
-
-def test_one_schedule_with_a_transform_runs_on_a_file_and_on_a_stream(small_scan: ScanData) -> None:
-    data = small_scan.subset(slice(0, 40))
-    schedule = [Stage.from_spec(s) for s in parse_schedule("epie:3,recentre-probe,rpie:3")]
+def on_a_file_and_a_stream(data: ScanData, schedule: list[Stage]) -> tuple[Result, Result]:
+    """The results of ``schedule`` on ``data`` read at once and replayed over a live stream."""
     offline = run_schedule(data, schedule, device=CPU)
     receiver = Receiver("tcp://127.0.0.1:*", idle_timeout_s=10).start()
     sender = threading.Thread(target=replay, args=(data, receiver.endpoint))
@@ -77,6 +73,17 @@ def test_one_schedule_with_a_transform_runs_on_a_file_and_on_a_stream(small_scan
     finally:
         sender.join()
         receiver.close()
+    return offline, live
+
+
+def _host(state: ReconState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return state.object.numpy(), state.probe.numpy(), state.positions.numpy()
+
+
+def test_one_schedule_with_a_transform_runs_on_a_file_and_on_a_stream(small_scan: ScanData) -> None:
+    data = small_scan.subset(slice(0, 40))
+    schedule = [Stage.from_spec(s) for s in parse_schedule("epie:3,recentre-probe,rpie:3")]
+    offline, live = on_a_file_and_a_stream(data, schedule)
     m = data.frame_size
     for result in (offline, live):
         assert result.attrs["engines"] == "epie:3,recentre-probe,rpie:3"
@@ -164,15 +171,7 @@ def test_fast_forward_stage_on_a_file_and_a_stream_counts_its_time(small_scan: S
     data = small_scan.subset(slice(0, 40))
     weights = str(constant_jump(tmp_path / "bad.pt", 0.3))
     schedule = [Stage.from_spec(s) for s in parse_schedule("epie:3,fast-forward,epie:2", {"weights": weights})]
-    offline = run_schedule(data, schedule, device=CPU)
-    receiver = Receiver("tcp://127.0.0.1:*", idle_timeout_s=10).start()
-    sender = threading.Thread(target=replay, args=(data, receiver.endpoint))
-    sender.start()
-    try:
-        live = run_stream(receiver, schedule, device=CPU)
-    finally:
-        sender.join()
-        receiver.close()
+    offline, live = on_a_file_and_a_stream(data, schedule)
     for result in (offline, live):
         assert result.attrs["engines"] == "epie:3,fast-forward,epie:2"
         record = json.loads(result.attrs["fast_forward"])
