@@ -101,19 +101,20 @@ def frc(a: np.ndarray, b: np.ndarray, n_bins: int | None = None) -> tuple[np.nda
     return 0.5 * (edges[1:] + edges[:-1]), num / np.sqrt(da * db + 1e-30)
 
 
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` (real) convolved with a Gaussian of ``sigma`` px (periodic, in Fourier space)."""
+    fy, fx = np.fft.fftfreq(image.shape[0])[:, None], np.fft.fftfreq(image.shape[1])[None, :]
+    kernel = np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return np.fft.ifft2(np.fft.fft2(image) * kernel).real
+
+
 def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
     """Mean structural similarity (Wang et al. 2004) of two real images, Gaussian window ``sigma``."""
     data_range = float(max(np.ptp(a), np.ptp(b), 1e-12))
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
-    kernel = np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        return np.fft.ifft2(np.fft.fft2(x) * kernel).real
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    mu_a, mu_b = gaussian_blur(a, sigma), gaussian_blur(b, sigma)
+    var_a, var_b = gaussian_blur(a * a, sigma) - mu_a**2, gaussian_blur(b * b, sigma) - mu_b**2
+    cov = gaussian_blur(a * b, sigma) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
 
@@ -125,10 +126,7 @@ TAPER_PX = 4.0  # width (Gaussian sigma, px) of the soft edge FRC puts on the co
 def _taper(region: np.ndarray, sigma: float = TAPER_PX) -> np.ndarray:
     """A window that is 1 deep inside ``region``, 0 outside and falls smoothly at its edges
     (the region blurred by a Gaussian of ``sigma`` px, kept inside the region)."""
-    fy, fx = np.fft.fftfreq(region.shape[0])[:, None], np.fft.fftfreq(region.shape[1])[None, :]
-    kernel = np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2))
-    blurred = np.fft.ifft2(np.fft.fft2(region.astype(float)) * kernel).real
-    return np.clip(2 * blurred - 1, 0, 1) * region
+    return np.clip(2 * gaussian_blur(region.astype(float), sigma) - 1, 0, 1) * region
 
 
 def masked_frc(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -180,7 +180,7 @@ class PreviewPublisher:
         self._last = now
         obj = _small(state.object, self.size)
         scale = _factor(state.object, self.size)
-        modes = state.probe[:MAX_MODES] if len(state.probe) > MAX_MODES else state.probe
+        modes = state.probe[:MAX_MODES]
         preview = Preview(
             iteration,
             frames_used,
