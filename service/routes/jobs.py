@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from service.cache import TTLCache
+from service.cache import BytesCache, TTLCache
 from service.deps import (
     Authorized,
     HubDep,
@@ -35,7 +35,7 @@ from service.settings import Settings
 from service.store import TERMINAL, JobState, JobStore
 from service.strict_json import StrictJSONRoute
 from workers.engines.options import file_options
-from workers.images import element_maps, render_result
+from workers.images import element_maps, render_result, result_kinds
 from workers.io import read_result
 from workers.job import FileInput, JobSpec
 from workers.schedule import StageSpec
@@ -284,10 +284,7 @@ def get_result_image(
     Windowed over the scanned region (phase relative to its median there), with a colour bar, and a
     scale bar where the result records its pixel size. Rendered once per result file version and kept
     (``result_image_cache_bytes``)."""
-    path = result_file(store, job_id)
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, kind)
-    return Response(images.get(key, lambda: render_result(read_result(path), kind)), media_type="image/png")
+    return result_image(store, images, job_id, kind)
 
 
 @router.get(
@@ -301,17 +298,24 @@ def get_result_element_image(
 ) -> Response:
     """One element map of a joint fluorescence result (``elements/<name>``) as an annotated PNG (colour bar in
     g/cm^2, scale bar), cached like the other result images; 404 if the result has no such map."""
+    return result_image(store, images, job_id, f"elements/{element}")
+
+
+def result_image(store: JobStore, images: BytesCache, job_id: str, kind: str) -> Response:
+    """One view of a job's result as an annotated PNG, rendered once per result file version; 404 naming the
+    element maps there if ``kind`` is a map the result lacks."""
     path = result_file(store, job_id)
     stat = path.stat()
 
     def render() -> bytes:
         result = read_result(path)
-        if element not in element_maps(result):
+        if kind not in result_kinds(result):
             names = ", ".join(element_maps(result)) or "none"
+            element = kind.partition("/")[2]
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"element: no map {element!r} in the result (maps: {names})")
-        return render_result(result, f"elements/{element}")
+        return render_result(result, kind)
 
-    key = (str(path), stat.st_mtime_ns, stat.st_size, f"elements/{element}")
+    key = (str(path), stat.st_mtime_ns, stat.st_size, kind)
     return Response(images.get(key, render), media_type="image/png")
 
 
