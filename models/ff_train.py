@@ -4,9 +4,7 @@ and a manifest (recipe, network, steps, wall time, device, held-out figures, sha
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.ff_data import FAR_PROBES, DataConfig, load_pairs, network_arrays, recipe, shard_count, write_shard
+from models.manifest import environment, weights_record
 from models.unet import UNet, apply_tiled, fast_forward_loss, save_fast_forward
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out scans: another data-set seed, so other objects, probes and noise
@@ -274,17 +273,10 @@ def fit(
             f"weight: illumination / ({WEIGHT_LEVEL} max), clipped to 1; crops in random flips and quarter turns",
             "final_loss_mean_last_100": float(np.mean(losses[-100:])),
             "wall_s": round(train_s, 1),
-            "device": str(device),
-            "cpu_threads": torch.get_num_threads() if str(device) == "cpu" else None,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
+            **environment(device),
         },
         "heldout": figures,
-        "weights": {
-            "file": weights.name,
-            "bytes": weights.stat().st_size,
-            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        },
+        "weights": weights_record(weights),
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(manifest, indent=2) + "\n"

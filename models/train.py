@@ -3,10 +3,8 @@ held-out PSNR before and after, the trained residual's Lipschitz constant measur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from tqdm import tqdm
 
 from models.dncnn import SN_SIZE, DnCNN
 from models.fdsl import SIGMA, dataset
+from models.manifest import environment, weights_record
 
 
 @dataclass(frozen=True)
@@ -256,10 +255,7 @@ def train(
             "loss": "|| Y - D(X) ||^2 per image, batch mean",
             "final_loss_mean_last_100": float(np.mean(losses[-100:])),
             "wall_s": round(train_s, 1),
-            "device": str(device),
-            "cpu_threads": torch.get_num_threads() if device == "cpu" else None,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
+            **environment(device),
         },
         "heldout": {
             "sigma": config.sigma,
@@ -282,11 +278,7 @@ def train(
             "method": "power iteration on J^T J of R (autograd jvp/vjp), 30 iterations, max over 6 noisy images "
             f"of {LIPSCHITZ_SIZE[0]}x{LIPSCHITZ_SIZE[1]} (uniform, dead leaves, ptychographic object)",
         },
-        "weights": {
-            "file": weights.name,
-            "bytes": weights.stat().st_size,
-            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        },
+        "weights": weights_record(weights),
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
     (out / "dncnn.json").write_text(json.dumps(manifest, indent=2) + "\n")
