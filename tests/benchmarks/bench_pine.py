@@ -58,7 +58,8 @@ from workers.stream.receiver import Receiver
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "tests" / "benchmarks" / "pine"
-EPOCHS = {"epie": 300, "rpie": 300, "pine": 150}
+EPOCHS = {"epie": 300, "rpie": 300, "pine": 150, "pine-rpie": 150}  # by run label
+SWEEPS = {"pine": "epie", "pine-rpie": "rpie"}  # the PINE labels and the sweep each denoises after
 EVERY = 10  # epochs between truth metrics
 # pixels: a registration further off is a failed one (``valid``). With the structured probe every engine's
 # object drifts by 3-6 px as a whole (object and probe shift together; steady over the run, measured); a
@@ -87,13 +88,19 @@ def start(data: ScanData, device: torch.device = CPU) -> ReconState:
     return ReconState.initial(initial_probe(data, seed=0)[0], device=device)
 
 
+def engine_name(label: str) -> str:
+    """The engine a run label names: ``pine-rpie`` is the pine engine with the rPIE sweep."""
+    return "pine" if label in SWEEPS else label
+
+
 def options(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The engine's defaults, and for pine the command line's --denoiser and --every (``PINE``)."""
-    return (PINE if name == "pine" else {}) | (extra or {})
+    """The engine's defaults; for a PINE label its sweep and the command line's --denoiser and --every (``PINE``)."""
+    pine = PINE | {"sweep": SWEEPS[name]} if name in SWEEPS else {}
+    return pine | (extra or {})
 
 
 def engine_for(data: ScanData, name: str, extra: dict[str, Any] | None = None) -> Engine:
-    engine = make_engine(name, start(data), data.geometry, options(name, extra), mask=data.mask, seed=0)
+    engine = make_engine(engine_name(name), start(data), data.geometry, options(name, extra), mask=data.mask, seed=0)
     engine.add_frames(data.intensities, data.positions)
     return engine
 
@@ -204,7 +211,7 @@ def cmd_measured(args: argparse.Namespace) -> None:
         for name in args.engines.split(","):
             state = start(used)
             state.cover(np.concatenate([used.positions, held.positions]))  # the held-out frames lie inside
-            engine = make_engine(name, state, used.geometry, options(name), mask=used.mask, seed=0)
+            engine = make_engine(engine_name(name), state, used.geometry, options(name), mask=used.mask, seed=0)
             engine.add_frames(used.intensities, used.positions)
             engine.iterate(args.epochs)
             snap = engine.snapshot()
@@ -239,7 +246,10 @@ def cmd_stream(args: argparse.Namespace) -> None:
         try:
             publisher = PreviewPublisher(previews.append, interval_s=0.0)
             result = run_stream(
-                receiver, [Stage.parse(name, args.after, options(name))], device=CPU, hooks=Hooks(previews=publisher)
+                receiver,
+                [Stage.parse(engine_name(name), args.after, options(name))],
+                device=CPU,
+                hooks=Hooks(previews=publisher),
             )
             publisher.close()
         finally:
@@ -304,15 +314,18 @@ def reached(rows: list[dict[str, Any]]) -> str:
 def cmd_report(args: argparse.Namespace) -> None:
     c = args.cache
     print(f"### Low dose, overlap 0.35: ePIE, rPIE {EPOCHS['epie']} epochs, PINE {EPOCHS['pine']}\n")
+    cases = {case: {name: load(c, f"sim-{case[0]}-{case[2]}-{name}") for name in EPOCHS} for case in CASES}
+    names = [name for name in EPOCHS if any(runs[name] for runs in cases.values())]
     rows = []
-    for seed, photons, probe in CASES:
-        runs = {name: load(c, f"sim-{seed}-{probe}-{name}") for name in EPOCHS}
-        if any(r is None for r in runs.values()):
+    for (seed, photons, probe), runs in cases.items():
+        if not any(runs.values()):
             continue
-        cells = [final(runs[k], "crms") for k in EPOCHS] + [final(runs[k], "frc_low") for k in EPOCHS]
-        cells += [reached(runs[k]) for k in EPOCHS] + [best(runs[k]) for k in EPOCHS]
+        cells = [
+            fn(runs[k]) if runs[k] else "-"
+            for fn in (lambda r: final(r, "crms"), lambda r: final(r, "frc_low"), reached, best)
+            for k in names
+        ]
         rows.append([f"object {seed}, {probe}", f"{photons:.0e}", *cells])
-    names = list(EPOCHS)
     header = ["case", "photons"] + [f"cRMS {n}" for n in names] + [f"FRC_low {n}" for n in names]
     header += [f"to FRC_low >= {THRESHOLD}: {n}" for n in names] + [f"lowest cRMS {n}" for n in names]
     table(header, rows)

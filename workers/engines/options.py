@@ -73,7 +73,13 @@ class RPIEOptions(PIEOptions):
 
 class PINEOptions(EPIEOptions):
     """PINE (seed 001): an ePIE sweep, then O <- (1 - rho) O + rho D(O) with a learned nonexpansive
-    denoiser D on the real and imaginary parts."""
+    denoiser D on the real and imaginary parts. ``sweep="rpie"`` puts the denoising step after an rPIE
+    sweep instead (the seed's hybrid steepest descent takes any gradient step; its section 6 names other
+    engines as future work): alpha and beta are then rPIE's weights, alpha 0.1 unless given."""
+
+    sweep: Literal["epie", "rpie"] = Field(
+        "epie", description="The sweep before each denoising step; alpha and beta are that engine's."
+    )
 
     rho: float = Field(
         0.49, ge=0, le=1, description="Denoising weight; 0 is ePIE, the paper's convergence needs < 0.5."
@@ -89,6 +95,21 @@ class PINEOptions(EPIEOptions):
         "scanned",
         description="Min-max range of each channel: the scanned region (denoised there) or the whole object array.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def rpie_defaults(cls, data: object) -> object:
+        """rPIE's object weight 0.1 (``RPIEOptions``) when the rpie sweep is chosen without an alpha."""
+        if isinstance(data, dict) and data.get("sweep") == "rpie" and "alpha" not in data:
+            return data | {"alpha": RPIEOptions.model_fields["alpha"].default}
+        return data
+
+    @model_validator(mode="after")
+    def rpie_weights(self) -> PINEOptions:
+        """rPIE's weights lie in (0, 1] (1 is ePIE's step)."""
+        if self.sweep == "rpie" and max(self.alpha, self.beta) > 1:
+            raise ValueError("alpha and beta are rPIE weights with sweep=rpie: each must be <= 1")
+        return self
 
 
 class AdamOptions(BatchedOptions):

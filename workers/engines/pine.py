@@ -1,7 +1,7 @@
 """PINE: ePIE with a learned nonexpansive denoiser in the loop (Yamada et al., seed 001).
 
-One epoch is the ePIE sweep (``workers.engines.pie.EPIE``, unchanged) followed by the denoising
-step of the hybrid steepest descent, seed 001 eq. (20):
+One epoch is the ePIE sweep (``workers.engines.pie.EPIE``, unchanged; or rPIE's, ``sweep="rpie"``)
+followed by the denoising step of the hybrid steepest descent, seed 001 eq. (20):
 
     O <- (1 - rho) O + rho D(O),   D(O) = Dhat(Re O) + i Dhat(Im O)   (eq. 22)
 
@@ -36,6 +36,12 @@ class PINE(EPIE):
     options: PINEOptions
 
     _denoiser: ComplexDenoiser | None = None
+
+    def weights(self) -> tuple[float, float, float, float]:
+        """ePIE's step weights, or rPIE's with ``sweep="rpie"`` (``workers.engines.pie``)."""
+        if self.options.sweep == "rpie":
+            return 1.0, self.options.alpha, 1.0, self.options.beta
+        return super().weights()
 
     def epoch_step(self, update_probe: bool) -> torch.Tensor:
         residual = super().epoch_step(update_probe)

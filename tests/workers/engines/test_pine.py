@@ -12,6 +12,7 @@ import torch
 from models.dncnn import WEIGHTS, DnCNN
 from workers.data import ScanData
 from workers.engines.base import Engine
+from workers.engines.options import PINEOptions
 from workers.engines.pine import PINE
 from workers.engines.registry import make_engine
 from workers.metrics import truth_metrics
@@ -48,6 +49,17 @@ def test_rho_zero_is_epie_exactly(tiny_scan: ScanData) -> None:
     assert torch.equal(pine.state.object, epie.state.object)
     assert torch.equal(pine.state.probe, epie.state.probe)
     assert pine.loss_history == epie.loss_history
+
+
+def test_rpie_sweep_at_rho_zero_is_rpie_exactly(tiny_scan: ScanData) -> None:
+    """``sweep="rpie"``: rPIE's weights, its default alpha when none is given; ePIE's range checks stay."""
+    rpie, pine = build(tiny_scan, "rpie", {}), build(tiny_scan, "pine", {"sweep": "rpie", "rho": 0.0})
+    rpie.iterate(3)
+    pine.iterate(3)
+    assert torch.equal(pine.state.object, rpie.state.object)
+    assert torch.equal(pine.state.probe, rpie.state.probe)
+    with pytest.raises(ValueError, match="rPIE weights"):
+        PINEOptions(sweep="rpie", alpha=1.5)
 
 
 def test_denoising_step_every_k_epochs(tiny_scan: ScanData, untrained: str) -> None:
