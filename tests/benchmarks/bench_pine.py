@@ -186,6 +186,53 @@ EVERY_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+EPIE_ALPHAS, RPIE_ALPHAS = (0.5, 1.0, 1.5), (0.05, 0.1, 0.3)  # steps (HSD needs < 2) and rPIE weights
+TUNE_ALPHAS = {"epie": EPIE_ALPHAS, "rpie": RPIE_ALPHAS, "pine": EPIE_ALPHAS, "pine-rpie": RPIE_ALPHAS}
+
+
+def tune_key(seed: int, probe: str, name: str, alpha: float) -> str:
+    every = f"-k{PINE['denoise_every']}" if name in SWEEPS else ""
+    return f"tune-{seed}-{probe}-{name}-a{alpha}{every}"
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    """The seed's protocol (its section 5.1): every engine at its best step parameter on each scan,
+    here alpha over ``TUNE_ALPHAS`` (beta at its default), chosen by the final FRC_low."""
+    for seed, photons, probe in CASES:
+        if args.cases and f"{seed}-{probe}" not in args.cases.split(","):
+            continue
+        data = sim_data(seed, photons, probe)
+        for name in args.engines.split(","):
+            for alpha in TUNE_ALPHAS[name]:
+                key = tune_key(seed, probe, name, alpha)
+                if load(args.cache, key) is None:
+                    rows = track(engine_for(data, name, {"alpha": alpha}), data, EPOCHS[name])
+                    save(args.cache, key, rows)
+                    print(json.dumps({"run": key} | {k: v for k, v in rows[-1].items() if k != "frc"}), flush=True)
+
+
+def tuned_table(c: Path) -> None:
+    """Per scan and engine the alpha with the best final FRC_low, and its cRMS."""
+    rows = []
+    for seed, photons, probe in CASES:
+        cells = []
+        for name in EPOCHS:
+            runs = {a: load(c, tune_key(seed, probe, name, a)) for a in TUNE_ALPHAS[name]}
+            runs = {a: r for a, r in runs.items() if r and valid(r)}
+            if not runs:
+                cells.append("-")
+                continue
+            alpha, r = max(runs.items(), key=lambda item: valid(item[1])[-1]["frc_low"])
+            cells.append(f"{alpha}: {final(r, 'crms')} / {final(r, 'frc_low')}")
+        if any(cell != "-" for cell in cells):
+            rows.append([f"object {seed}, {probe}", f"{photons:.0e}", *cells])
+    if rows:
+        k = PINE["denoise_every"]
+        print(f"### Each engine at its best alpha (by final FRC_low), PINE denoising every {k}: cRMS / FRC_low\n")
+        print(f"alphas tried: {TUNE_ALPHAS}\n")
+        table(["case", "photons", *EPOCHS], rows)
+
+
 def cmd_every(args: argparse.Namespace) -> None:
     """PINE on sim object 1 (focused) with the step after every epoch, after every 5th, and with the
     min-max range of the whole object array instead of the scanned region."""
@@ -330,6 +377,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     header += [f"to FRC_low >= {THRESHOLD}: {n}" for n in names] + [f"lowest cRMS {n}" for n in names]
     table(header, rows)
 
+    tuned_table(c)
     every = {label: load(c, f"every-{label}") for label in EVERY_VARIANTS}
     if all(every.values()):
         print("### PINE on object 1, focused: the step every epoch or every 5th; the range of the whole array\n")
@@ -401,7 +449,8 @@ def pictures(c: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["cost", "sim", "every", "measured", "stream", "report"])
+    p.add_argument("command", choices=["cost", "sim", "tune", "every", "measured", "stream", "report"])
+    p.add_argument("--cases", help="tune: only these scans, e.g. 2-focused,3-focused (default: all)")
     p.add_argument("--engines", default="epie,rpie,pine")
     p.add_argument("--epochs", type=int, default=50, help="epochs of measured and every")
     p.add_argument("--after", type=int, default=40, help="stream: epochs after the scan")
