@@ -45,6 +45,11 @@ from workers.engines.options import EngineName, PIEOptions
 TINY = torch.finfo(torch.float32).tiny  # denominator floor: a zero probe or object patch gives a zero step, not 0 / 0
 
 
+def step_weights(kind: str, alpha: float, beta: float) -> tuple[float, float, float, float]:
+    """(a_O, g_O, a_P, g_P) of the module docstring: ePIE's steps or rPIE's weights (``kind``)."""
+    return (1.0, alpha, 1.0, beta) if kind == "rpie" else (alpha, 1.0, beta, 1.0)
+
+
 class PIE(BatchedEngine):
     """Shared PIE update; subclasses choose the step weights (a_O, g_O, a_P, g_P)."""
 
@@ -99,7 +104,7 @@ class EPIE(PIE):
     name = EngineName.EPIE
 
     def weights(self) -> tuple[float, float, float, float]:
-        return self.options.alpha, 1.0, self.options.beta, 1.0
+        return step_weights("epie", self.options.alpha, self.options.beta)
 
 
 class RPIE(PIE):
@@ -108,4 +113,4 @@ class RPIE(PIE):
     name = EngineName.RPIE
 
     def weights(self) -> tuple[float, float, float, float]:
-        return 1.0, self.options.alpha, 1.0, self.options.beta
+        return step_weights("rpie", self.options.alpha, self.options.beta)

@@ -25,7 +25,7 @@ from models.dncnn import load_denoiser
 from workers import physics
 from workers.denoise import ComplexDenoiser
 from workers.engines.options import EngineName, PINEOptions
-from workers.engines.pie import EPIE
+from workers.engines.pie import EPIE, step_weights
 from workers.images import LEVEL
 
 
@@ -39,9 +39,7 @@ class PINE(EPIE):
 
     def weights(self) -> tuple[float, float, float, float]:
         """ePIE's step weights, or rPIE's with ``sweep="rpie"`` (``workers.engines.pie``)."""
-        if self.options.sweep == "rpie":
-            return 1.0, self.options.alpha, 1.0, self.options.beta
-        return super().weights()
+        return step_weights(self.options.sweep, self.options.alpha, self.options.beta)
 
     def epoch_step(self, update_probe: bool) -> torch.Tensor:
         residual = super().epoch_step(update_probe)
