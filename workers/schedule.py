@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from workers.engines.options import FILE_OPTION, OPTIONS, EngineName
+from workers.errors import validation_problems
 
 PATIENCE = 5
 
@@ -182,7 +183,7 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
             try:
                 stages.append(StageSpec(transform=TransformName(part), options=stage_options))
             except ValidationError as exc:
-                raise ValueError(f"--schedule: stage {k + 1} {part!r}: {_problems(exc)}") from None
+                raise ValueError(f"--schedule: stage {k + 1} {part!r}: {validation_problems(exc, 'options')}") from None
             continue
         if not part or len(fields) not in (2, 3):
             transforms = ", ".join(t.value for t in TransformName)
@@ -202,12 +203,7 @@ def parse_schedule(text: str, options: dict[str, Any] | None = None) -> list[Sta
         try:
             stages.append(StageSpec(engine=name, iterations=iterations, options=stage_options, tolerance=tolerance))
         except ValidationError as exc:
-            raise ValueError(f"--schedule: stage {k + 1} {part!r}: {_problems(exc)}") from None
+            raise ValueError(f"--schedule: stage {k + 1} {part!r}: {validation_problems(exc, 'options')}") from None
     if not any(s.engine for s in stages):
         raise ValueError("--schedule: needs at least one engine stage")
     return stages
-
-
-def _problems(exc: ValidationError) -> str:
-    """The validation errors of ``exc`` on one line: ``field: message; ...``."""
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())

@@ -15,7 +15,7 @@ from service.cli import reconstruct, serve, simulate, stream, train
 from service.cli.common import UsageError
 from service.cli.lifecycle import Stopped
 from workers.concurrency import share_cores
-from workers.errors import DataError, DeviceError
+from workers.errors import DataError, DeviceError, validation_problems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,5 +76,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return f"invalid {exc.title}: " + "; ".join(parts)
+    return f"invalid {exc.title}: " + validation_problems(exc, exc.title)

@@ -138,3 +138,9 @@ def test_a_resumed_stage_keeps_its_convergence_window(tiny_scan: ScanData, tmp_p
     again = run_job(job)
     assert first.attrs["iterations"] < 62
     assert again.attrs["iterations"] == first.attrs["iterations"]
+
+
+def test_error_across_options_names_the_options() -> None:
+    """A validator across fields has no location: its error reads ``options: ...``, not an empty field."""
+    with pytest.raises(ValueError, match=r"stage 1 'pine:3': options: .*rPIE weights"):
+        parse_schedule("pine:3", {"sweep": "rpie", "alpha": 1.5})
