@@ -10,22 +10,34 @@ from prefect.cache_policies import NO_CACHE
 
 
 @task(cache_policy=NO_CACHE)
-def fit(config: str, out: str, device: str, seed: int, progress: bool) -> dict[str, Any]:
+def fit(config: str, data: str | None, out: str, device: str, seed: int, progress: bool) -> dict[str, Any]:
     """Generate the data, train, measure, write ``dncnn.pt`` and ``dncnn.json`` in ``out``; the manifest."""
+    from dataclasses import replace
+
     from models.train import CONFIGS, train
     from workers.devices import resolve_device
 
-    return train(CONFIGS[config], Path(out), device=str(resolve_device(device)), seed=seed, progress=progress)
+    recipe = CONFIGS[config] if data is None else replace(CONFIGS[config], data=data)
+    return train(recipe, Path(out), device=str(resolve_device(device)), seed=seed, progress=progress)
 
 
 @flow(name="train_denoiser")
 def train_denoiser(
-    config: str = "small", out: str = "results/denoiser", device: str = "cpu", seed: int = 0, progress: bool = True
+    config: str = "small",
+    out: str = "results/denoiser",
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    data: str | None = None,
 ) -> dict[str, Any]:
-    """Train with a named recipe of ``models.train.CONFIGS`` (tiny, small or full) on ``device``, seeded."""
+    """Train with a named recipe of ``models.train.CONFIGS`` (tiny, small or full) on ``device``, seeded;
+    ``data`` (leaves or leaves-on-fields) replaces the recipe's training images."""
+    from models.fdsl import RECIPES
     from models.train import CONFIGS
 
     if config not in CONFIGS:
         raise ValueError(f"unknown denoiser config {config!r}: use one of {', '.join(CONFIGS)}")
-    result: dict[str, Any] = fit(config, out, device, seed, progress)
+    if data is not None and data not in RECIPES:
+        raise ValueError(f"unknown training-data recipe {data!r}: use one of {', '.join(RECIPES)}")
+    result: dict[str, Any] = fit(config, data, out, device, seed, progress)
     return result

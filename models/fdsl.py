@@ -5,6 +5,11 @@ scale-invariant law of the dead-leaves model), each of one grey level, dropped u
 a shape dropped later lies behind the ones already there. DL-Textured: the same shapes, each filled with a
 texture (two sinusoidal gratings and a band of smooth noise around its grey level). 8-bit greyscale.
 Vectorised over shapes and pixels: a batch of shapes is tested against every uncovered pixel at once.
+
+Leaves on fields (not in the seed): each dead-leaves image blended with a smooth Gaussian random field
+(Gaussian correlation of 3-24 px, weight 0.2-0.8), closer to ptychographic objects, whose phase and
+absorption vary smoothly between sharp-edged features. Only a Gaussian filter and the shapes above: nothing
+of the benchmark's object simulator (``workers.simulate.make_object``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import numpy as np
 SIGMA = 15.0 / 255.0  # the seed's training noise, on images scaled to [0, 1]
 SHAPES_PER_BATCH = 256
 R_MIN, R_MAX = 2.0, 48.0  # radii in pixels at 128 x 128, scaled with the canvas
+TEXTURE_SCALES = (1.0, 6.0)  # DL-Textured's smooth-noise correlation lengths, px (at any canvas)
+FIELD_SCALES = (3.0, 24.0)  # the backdrop fields' correlation lengths, px at 128 x 128, scaled with the canvas
+FIELD_WEIGHTS = (0.2, 0.8)  # the backdrop's share of each blended image
+RECIPES = ("leaves", "leaves-on-fields")
 
 
 def _radii(rng: np.random.Generator, n: int, r_min: float, r_max: float) -> np.ndarray:
@@ -42,10 +51,13 @@ def _inside(
     return mask
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """n fields of smooth random texture (white noise low-passed at a random scale), each in [-1, 1]."""
+def _smooth_noise(
+    rng: np.random.Generator, n: int, size: int, scales: tuple[float, float] = TEXTURE_SCALES
+) -> np.ndarray:
+    """n Gaussian random fields, each in [-1, 1]: white noise through a Gaussian filter, so that the field's
+    correlation is a Gaussian whose standard deviation (px) is drawn uniformly from ``scales``."""
     f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
-    scale = rng.uniform(1.0, 6.0, size=(n, 1, 1))
+    scale = rng.uniform(*scales, size=(n, 1, 1))
     fields = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, size, size))) * np.exp(-((np.pi * scale * f) ** 2))).real
     fields -= fields.mean(axis=(1, 2), keepdims=True)
     return fields / (np.abs(fields).max(axis=(1, 2), keepdims=True) + 1e-12)
@@ -88,7 +100,25 @@ def dead_leaves(rng: np.random.Generator, size: int = 128, textured: bool = Fals
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).reshape(size, size)
 
 
-def dataset(n: int, seed: int, size: int = 128) -> np.ndarray:
-    """n images (n, size, size) uint8, the first half DL-Diverse, the rest DL-Textured; the same for a seed."""
+def on_field(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` (size, size) uint8 blended with a smooth random field scaled to [0, 1]: (1 - w) image + w field,
+    w drawn from ``FIELD_WEIGHTS``, the field's correlation length from ``FIELD_SCALES`` (scaled with the size)."""
+    size = image.shape[0]
+    scales = (FIELD_SCALES[0] * size / 128, FIELD_SCALES[1] * size / 128)
+    field = _smooth_noise(rng, 1, size, scales)[0]
+    field = (field - field.min()) / (np.ptp(field) + 1e-12)
+    w = rng.uniform(*FIELD_WEIGHTS)
+    return np.round(((1 - w) * image / 255 + w * field) * 255).astype(np.uint8)
+
+
+def dataset(n: int, seed: int, size: int = 128, recipe: str = "leaves") -> np.ndarray:
+    """n images (n, size, size) uint8, the first half DL-Diverse, the rest DL-Textured, each blended with a
+    smooth field where ``recipe`` is "leaves-on-fields"; the same for a seed."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training-data recipe {recipe!r}: use one of {', '.join(RECIPES)}")
     rng = np.random.default_rng(seed)
-    return np.stack([dead_leaves(rng, size, textured=i >= n // 2) for i in range(n)])
+    images = []
+    for i in range(n):
+        image = dead_leaves(rng, size, textured=i >= n // 2)
+        images.append(on_field(rng, image) if recipe == "leaves-on-fields" else image)
+    return np.stack(images)

@@ -1,10 +1,12 @@
-"""Dead-leaves training images: seeded, 8-bit, covering the canvas, the two variants distinct."""
+"""Dead-leaves training images: seeded, 8-bit, covering the canvas, the two variants distinct; leaves on smooth
+fields keep their edges, with the field correlation length they claim."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from models.fdsl import _inside, dataset, dead_leaves
+from models.fdsl import _inside, _smooth_noise, dataset, dead_leaves, on_field
 
 
 def test_dataset_is_seeded_8_bit_and_half_textured() -> None:
@@ -36,3 +38,34 @@ def test_shape_masks() -> None:
     assert abs(triangle.sum() / (3 * np.sqrt(3) / 4 * 36) - 1) < 0.2 and triangle[0, 10 * 21 + 10]  # inscribed in r = 6
     rotated = _inside(np.array([1]), 5 * one, np.float32(np.pi / 4) * one, one, dy, dx)
     assert rotated.sum() != square.sum() and rotated[0, 10 * 21 + 10]
+
+
+def test_field_correlation_length_is_the_drawn_scale() -> None:
+    # the autocorrelation of a field filtered by exp(-(pi s f)^2) is a Gaussian of standard deviation s px
+    fields = _smooth_noise(np.random.default_rng(0), 64, 128, scales=(6.0, 6.0))
+    spectrum = (np.abs(np.fft.fft2(fields)) ** 2).mean(axis=0)
+    correlation = np.fft.ifft2(spectrum).real
+    profile = correlation[0, :20] / correlation[0, 0]
+    d = np.arange(20)
+    assert np.allclose(profile, np.exp(-(d**2) / (2 * 6.0**2)), atol=0.03)
+
+
+def test_leaves_on_fields_blend_a_smooth_field_and_keep_the_edges() -> None:
+    plain = dataset(4, seed=3, size=64)
+    blended = dataset(4, seed=3, size=64, recipe="leaves-on-fields")
+    assert np.array_equal(plain, dataset(4, seed=3, size=64, recipe="leaves"))
+    assert blended.dtype == np.uint8 and np.array_equal(blended, dataset(4, seed=3, size=64, recipe="leaves-on-fields"))
+    # the blend is (1 - w) leaves + w field, w in [0.2, 0.8]
+    rng = np.random.default_rng(11)
+    leaves = dead_leaves(rng, 64)
+    out = on_field(rng, leaves).astype(float)
+    edges = np.abs(np.diff(leaves.astype(float), axis=1)) > 40  # shape borders
+    ratio = np.abs(np.diff(out, axis=1))[edges].mean() / np.abs(np.diff(leaves.astype(float), axis=1))[edges].mean()
+    assert 0.15 < ratio < 0.85  # the borders survive, scaled by 1 - w (plus the field's small slope)
+    flat = ~(edges | np.roll(edges, 1, axis=1))
+    assert len(np.unique(out[:, :-1][flat])) > len(np.unique(leaves[:, :-1][flat]))  # flat fills now vary smoothly
+
+
+def test_unknown_recipe_is_refused() -> None:
+    with pytest.raises(ValueError, match="recipe 'bogus'"):
+        dataset(2, seed=0, size=32, recipe="bogus")

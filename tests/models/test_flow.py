@@ -27,3 +27,5 @@ def test_train_denoiser_flow_writes_weights_and_manifest(prefect: None, tmp_path
     assert (tmp_path / "dncnn.pt").stat().st_size == manifest["weights"]["bytes"]
     with pytest.raises(ValueError, match="unknown denoiser config 'huge'"):
         train_denoiser(config="huge", out=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown training-data recipe 'stripes'"):
+        train_denoiser(config="tiny", data="stripes", out=str(tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from models.dncnn import DnCNN, load_denoiser
 from models.fdsl import SIGMA
 from models.train import CONFIGS, _shrinkage_start, dct_filters, denoising_psnr, ptycho_patches, train
+
+QUIET = ["--seed", "5", "--quiet", "--json"]
 
 
 def test_dct_filters_are_orthonormal_and_zero_mean() -> None:
@@ -57,6 +60,7 @@ def test_tiny_training_writes_weights_and_manifest(tiny: Path) -> None:
     assert manifest["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
     assert manifest["training"]["steps"] == 3 * 2 and manifest["training"]["device"] == "cpu"
     assert manifest["network"]["depth"] == 4 and manifest["data"]["images"] == 8
+    assert manifest["data"]["recipe"] == "leaves-on-fields" and "random field" in manifest["data"]["description"]
     for held in ("dead_leaves", "ptycho"):
         before, after = manifest["heldout"][held]["before"], manifest["heldout"][held]["after"]
         assert before["noisy_db"] == pytest.approx(after["noisy_db"])
@@ -70,3 +74,21 @@ def test_tiny_training_writes_weights_and_manifest(tiny: Path) -> None:
 def test_training_is_seeded(tiny: Path, tmp_path: Path) -> None:
     again = train(CONFIGS["tiny"], tmp_path, seed=5, progress=False)
     assert again["weights"]["sha256"] == json.loads((tiny / "dncnn.json").read_text())["weights"]["sha256"]
+
+
+def test_cli_trains_on_the_seeds_plain_leaves(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    assert main(["train", "denoiser", "--config", "tiny", "--data", "leaves", "--out", str(tmp_path)] + QUIET) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "dncnn.json").read_text())
+    assert (
+        summary["data"] == manifest["data"]["recipe"] == "leaves"
+        and "random field" not in manifest["data"]["description"]
+    )
+    assert manifest["weights"]["sha256"] != json.loads((tiny / "dncnn.json").read_text())["weights"]["sha256"]
+
+
+def test_unknown_recipe_is_refused() -> None:
+    with pytest.raises(ValueError, match="recipe 'stripes'"):
+        replace(CONFIGS["tiny"], data="stripes")
