@@ -11,7 +11,8 @@ Run by hand (not in CI), single-threaded; prints Markdown tables, writes PNGs to
 
 Runs are cached (JSON, --cache) so that baselines and PINE can be run apart; ``report`` reads them.
 
-* sim: 3 objects (seeds 1-3 at 1e3, 3e3, 1e4 photons per frame) x 2 probes (focused, structured), 64 px
+* sim: 3 objects (seeds 1-3 at 1e3, 3e3, 1e4 photons per frame; --objects 4,5,6 for three more at the same
+  doses) x 2 probes (focused, structured), 64 px
   frames, 100 Fermat positions spaced 65% of the beam (overlap 0.35), the same start probe (the
   project's probe start) for every engine, each at its defaults (ePIE alpha = beta = 1, rPIE
   alpha = 0.1, beta = 1, PINE = ePIE's steps with rho = 0.49 after every epoch as in the seed, --every;
@@ -66,9 +67,15 @@ EVERY = 10  # epochs between truth metrics
 # failed registration (the twin) lies tens of pixels off (-20, 17 on object 1 structured with rPIE)
 MAX_SHIFT = 8.0
 THRESHOLD = 0.8  # FRC_low to reach (0.6 was reached within 10 epochs by nearly every run)
-CASES = [
-    (seed, photons, probe) for seed, photons in ((1, 1e3), (2, 3e3), (3, 1e4)) for probe in ("focused", "structured")
-]
+PHOTONS = (1e3, 3e3, 1e4)  # per frame: object 1 at the first, 2 at the second, 3 at the third, 4 at the first...
+
+
+def cases(objects: list[int]) -> list[tuple[int, float, str]]:
+    """(object seed, photons per frame, probe) for each object, with the focused and the structured probe."""
+    return [(seed, PHOTONS[(seed - 1) % 3], probe) for seed in objects for probe in ("focused", "structured")]
+
+
+CASES = cases([1, 2, 3])  # --objects replaces them
 CPU = torch.device("cpu")
 PINE: dict[str, Any] = {}  # pine options from the command line
 
@@ -458,7 +465,9 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/bench_pine"))
     p.add_argument("--every", type=int, default=1, help="pine: denoise after every k-th epoch")
     p.add_argument("--denoiser", help="pine: weights file (default: the shipped weights)")
+    p.add_argument("--objects", default="1,2,3", help="sim, tune, report: simulated objects (seeds), e.g. 4,5,6")
     args = p.parse_args()
+    CASES[:] = cases([int(seed) for seed in args.objects.split(",")])
     PINE.update({"denoise_every": args.every} | ({"denoiser": args.denoiser} if args.denoiser else {}))
     torch.set_num_threads(1)
     globals()[f"cmd_{args.command}"](args)
