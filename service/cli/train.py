@@ -72,7 +72,7 @@ def register(sub: Subparsers) -> None:
         "--config",
         choices=CONFIG_NAMES,
         default="small",
-        help="tiny: seconds (tests); small: the shipped CPU recipe, ~20 min on one core; full: the seed's "
+        help="tiny: seconds (tests); small: the shipped CPU recipe, ~15 min on one core; full: the seed's "
         "1,000 images x 50 epochs (a GPU). Default small",
     )
     d.add_argument(
