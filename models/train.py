@@ -60,8 +60,8 @@ CONFIGS = {
         heldout=2,
         data="leaves-on-fields",
     ),
-    # the shipped weights: the full network on 40 x 40 crops of leaves on fields, 950 steps, 11 min of training
-    # and 1.3 of data on one CPU core (on the seed's plain leaves the same recipe gives 1.4 dB less on object patches)
+    # the shipped weights: the full network on 40 x 40 crops of leaves on fields, 950 steps, 11 min of training and
+    # 1.3 min of data on one CPU core (on the seed's plain leaves the same recipe gives 1.4 dB less on object patches)
     "small": TrainConfig("small", images=300, image_size=128, patch=40, batch=16, epochs=50, data="leaves-on-fields"),
     # the seed's recipe: 1,000 whole 128 x 128 images, 50 epochs (for a GPU)
     "full": TrainConfig("full", images=1000, image_size=128, patch=128, batch=16, epochs=50),
