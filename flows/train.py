@@ -12,12 +12,10 @@ from prefect.cache_policies import NO_CACHE
 @task(cache_policy=NO_CACHE)
 def fit(config: str, data: str | None, out: str, device: str, seed: int, progress: bool) -> dict[str, Any]:
     """Generate the data, train, measure, write ``dncnn.pt`` and ``dncnn.json`` in ``out``; the manifest."""
-    from dataclasses import replace
-
-    from models.train import CONFIGS, train
+    from models.train import config_for, train
     from workers.devices import resolve_device
 
-    recipe = CONFIGS[config] if data is None else replace(CONFIGS[config], data=data)
+    recipe = config_for(config, data)
     return train(recipe, Path(out), device=str(resolve_device(device)), seed=seed, progress=progress)
 
 
@@ -32,12 +30,8 @@ def train_denoiser(
 ) -> dict[str, Any]:
     """Train with a named recipe of ``models.train.CONFIGS`` (tiny, small or full) on ``device``, seeded;
     ``data`` (leaves or leaves-on-fields) replaces the recipe's training images."""
-    from models.fdsl import RECIPES
-    from models.train import CONFIGS
+    from models.train import config_for
 
-    if config not in CONFIGS:
-        raise ValueError(f"unknown denoiser config {config!r}: use one of {', '.join(CONFIGS)}")
-    if data is not None and data not in RECIPES:
-        raise ValueError(f"unknown training-data recipe {data!r}: use one of {', '.join(RECIPES)}")
+    config_for(config, data)  # refuses an unknown config or recipe before the task starts
     result: dict[str, Any] = fit(config, data, out, device, seed, progress)
     return result

@@ -111,11 +111,16 @@ def on_field(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.round(((1 - w) * image / 255 + w * field) * 255).astype(np.uint8)
 
 
+def check_recipe(recipe: str) -> None:
+    """Refuse a training-data recipe that is not one of ``RECIPES``, in one line."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training-data recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+
+
 def dataset(n: int, seed: int, size: int = 128, recipe: str = "leaves") -> np.ndarray:
     """n images (n, size, size) uint8, the first half DL-Diverse, the rest DL-Textured, each blended with a
     smooth field where ``recipe`` is "leaves-on-fields"; the same for a seed."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown training-data recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+    check_recipe(recipe)
     rng = np.random.default_rng(seed)
     images = []
     for i in range(n):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.dncnn import SN_SIZE, DnCNN
-from models.fdsl import FIELD_SCALES, FIELD_WEIGHTS, RECIPES, SIGMA, dataset
+from models.fdsl import FIELD_SCALES, FIELD_WEIGHTS, SIGMA, check_recipe, dataset
 from models.manifest import environment, weights_record
 
 
@@ -42,8 +42,7 @@ class TrainConfig:
     data: str = "leaves"  # one of models.fdsl.RECIPES
 
     def __post_init__(self) -> None:
-        if self.data not in RECIPES:
-            raise ValueError(f"unknown training-data recipe {self.data!r}: use one of {', '.join(RECIPES)}")
+        check_recipe(self.data)
 
 
 CONFIGS = {
@@ -66,6 +65,14 @@ CONFIGS = {
     # the seed's recipe: 1,000 whole 128 x 128 images, 50 epochs (for a GPU)
     "full": TrainConfig("full", images=1000, image_size=128, patch=128, batch=16, epochs=50),
 }
+
+
+def config_for(name: str, data: str | None = None) -> TrainConfig:
+    """The recipe ``CONFIGS[name]``, its training images replaced by ``data`` where given; unknown names refused."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown denoiser config {name!r}: use one of {', '.join(CONFIGS)}")
+    return CONFIGS[name] if data is None else replace(CONFIGS[name], data=data)
+
 
 SHRINK_THRESHOLDS = (1.0, 1.5)  # the shrinkage start's thresholds in units of the noise sigma
 LIPSCHITZ_SIZE = (56, 72)  # the measuring images' size: neither a training patch nor the RealSN image

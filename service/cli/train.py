@@ -7,20 +7,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from models.fdsl import RECIPES
 from service.cli.common import Subparsers
 
 CONFIG_NAMES = ("tiny", "small", "full")  # models.train.CONFIGS, named here so that parsing needs no torch
-DATA_RECIPES = ("leaves", "leaves-on-fields")  # models.fdsl.RECIPES, likewise
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import replace
-
-    from models.train import CONFIGS, train
+    from models.train import config_for, train
     from workers.devices import resolve_device
 
     device = resolve_device(args.device)
-    config = CONFIGS[args.config] if args.data is None else replace(CONFIGS[args.config], data=args.data)
+    config = config_for(args.config, args.data)
     manifest = train(config, Path(args.out), device=str(device), seed=args.seed, progress=not args.quiet)
     heldout = manifest["heldout"]
     return {
@@ -77,7 +75,7 @@ def register(sub: Subparsers) -> None:
     )
     d.add_argument(
         "--data",
-        choices=DATA_RECIPES,
+        choices=RECIPES,
         help="training images: the seed's dead leaves, or dead leaves blended with smooth random fields "
         "(default: the config's; small uses leaves-on-fields, full the seed's leaves)",
     )
