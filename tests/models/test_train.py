@@ -92,3 +92,12 @@ def test_cli_trains_on_the_seeds_plain_leaves(tiny: Path, tmp_path: Path, capsys
 def test_unknown_recipe_is_refused() -> None:
     with pytest.raises(ValueError, match="recipe 'stripes'"):
         replace(CONFIGS["tiny"], data="stripes")
+
+
+def test_shrinkage_thresholds_follow_the_training_sigma() -> None:
+    nets = {sigma: DnCNN(depth=3, channels=16) for sigma in (SIGMA, 3 * SIGMA)}
+    for sigma, net in nets.items():
+        _shrinkage_start(net, seed=0, sigma=sigma)
+    low, high = (net.layers[0].bias for net in nets.values())
+    assert low is not None and high is not None and torch.allclose(high, 3 * low)
+    assert torch.equal(nets[SIGMA].layers[0].weight, nets[3 * SIGMA].layers[0].weight)
