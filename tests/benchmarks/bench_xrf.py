@@ -16,10 +16,11 @@ iterations as in the seed): joint (the link, alpha by GradNorm) and separate (``
 object fitted by ptychography alone, the maps by fluorescence deconvolution alone, with the same
 probe). Fixed true probe, or the probe refined from ``initial_probe`` (the project's default start).
 
-Errors over the lit region (summed probe intensity > 10% of its peak): object MSE after the best
-complex scalar (ptychography cannot see the global phase, nor the scale when the probe is refined);
-element-map error = mean over elements of ||w - w*||^2 / ||w*||^2. FRC of the maps against the
-truth (``workers.metrics.masked_frc``) against the probe's own cut-off: the frequency where the
+Errors over the lit region (summed probe intensity > 10% of its peak): object MSE after the best complex scalar
+(ptychography cannot see the global phase, nor the scale when the probe is refined), and the seed's own object MSE,
+(1/n^2) ||z - z*||^2 with nothing removed (sec. 4: the link fixes the phase and absorption reference to vacuum,
+which ptychography alone leaves free); element-map error = mean over elements of ||w - w*||^2 / ||w*||^2. FRC of the
+maps against the truth (``workers.metrics.masked_frc``) against the probe's own cut-off: the frequency where the
 radial average of |FT(|P|^2)| (the fluorescence transfer function) falls below 10% of its value at 0.
 
 Floor (``floor``): at 83% overlap with the true probe, where ptychography alone is well posed, joint and
@@ -75,6 +76,7 @@ class Run:
     loss: list[float] = field(default_factory=list)
     fluorescence_loss: list[float] = field(default_factory=list)
     object_mse: list[float] = field(default_factory=list)
+    object_mse_raw: list[float] = field(default_factory=list)
     map_error: list[float] = field(default_factory=list)
     seconds: float = 0.0
     alpha: float = 0.0
@@ -107,19 +109,21 @@ def strong_phase(scan: ScanData, scale: float) -> ScanData:
     return replace(scan, intensities=frames, truth=scan.truth | {"object": obj})
 
 
-def errors(snap: dict[str, np.ndarray], scan: ScanData, lit: np.ndarray) -> tuple[float, float]:
-    """(object MSE after the best complex scalar, mean relative element-map error) over ``lit``."""
+def errors(snap: dict[str, np.ndarray], scan: ScanData, lit: np.ndarray) -> tuple[float, float, float]:
+    """(object MSE after the best complex scalar, the seed's object MSE with nothing removed, mean
+    relative element-map error) over ``lit``."""
     r, c = snap["origin"].astype(int)
     truth = scan.truth["object"]
     h, w = truth.shape
-    obj = snap["object"][r : r + h, c : c + w][lit]
-    obj = obj * np.vdot(obj, truth[lit]) / max(np.vdot(obj, obj).real, 1e-30)
+    raw = snap["object"][r : r + h, c : c + w][lit]
+    obj = raw * np.vdot(raw, truth[lit]) / max(np.vdot(raw, raw).real, 1e-30)
     assert scan.fluorescence is not None
     maps = []
     for e in scan.fluorescence.elements:
         est, ref = snap[f"elements/{e}"][r : r + h, c : c + w][lit], scan.truth[f"elements/{e}"][lit]
         maps.append(float(np.sum((est - ref) ** 2) / np.sum(ref**2)))
-    return float(np.mean(np.abs(obj - truth[lit]) ** 2)), float(np.mean(maps))
+    mse = float(np.mean(np.abs(obj - truth[lit]) ** 2))
+    return mse, float(np.mean(np.abs(raw - truth[lit]) ** 2)), float(np.mean(maps))
 
 
 def reconstruct(scan: ScanData, label: str, iterations: int, refine_probe: bool, **options: object) -> Run:
@@ -133,9 +137,10 @@ def reconstruct(scan: ScanData, label: str, iterations: int, refine_probe: bool,
     run = Run(label)
     for k in range(0, iterations, EVERY):
         engine.iterate(min(EVERY, iterations - k))
-        o, m = errors(engine.snapshot(), scan, lit)
+        o, raw, m = errors(engine.snapshot(), scan, lit)
         run.iterations.append(engine.epoch)
         run.object_mse.append(o)
+        run.object_mse_raw.append(raw)
         run.map_error.append(m)
     run.loss, run.fluorescence_loss = list(engine.loss_history), list(engine.fluorescence_history)
     run.seconds, run.alpha = engine.time_history[-1], float(engine.alpha or 0)
@@ -163,13 +168,14 @@ def plot(name: str, runs: list[Run]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig, ax = plt.subplots(1, 5, figsize=(21, 3.6))
     for run in runs:
         ax[0].loglog(np.arange(1, len(run.loss) + 1), run.loss, label=run.label)
         ax[1].loglog(np.arange(1, len(run.fluorescence_loss) + 1), run.fluorescence_loss, label=run.label)
         ax[2].loglog(run.iterations, run.object_mse, label=run.label)
-        ax[3].loglog(run.iterations, run.map_error, label=run.label)
-    titles = ("ptychography loss", "fluorescence loss", "object MSE", "element-map rel. error")
+        ax[3].loglog(run.iterations, run.object_mse_raw, label=run.label)
+        ax[4].loglog(run.iterations, run.map_error, label=run.label)
+    titles = ("ptychography loss", "fluorescence loss", "object MSE", "seed's object MSE", "element-map rel. error")
     for a, t in zip(ax, titles, strict=True):
         a.set_title(t)
         a.set_xlabel("iteration")
@@ -223,8 +229,10 @@ def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: lis
     )
     at = "-" if first_better is None else str(joint.iterations[first_better])
     table.append(
-        f"| {name} | {joint.object_mse[-1]:.2e} | {sep.object_mse[-1]:.2e} | {joint.map_error[-1]:.3f} | "
-        f"{sep.map_error[-1]:.3f} | {at} | {joint.alpha:.3g} | {joint.seconds:.0f} / {sep.seconds:.0f} |"
+        f"| {name} | {joint.object_mse[-1]:.2e} | {sep.object_mse[-1]:.2e} | "
+        f"{joint.object_mse_raw[-1]:.2e} | {sep.object_mse_raw[-1]:.2e} | {joint.map_error[-1]:.3f} | "
+        f"{sep.map_error[-1]:.3f} ({min(sep.map_error):.3f}) | {at} | {joint.alpha:.3g} | "
+        f"{joint.seconds:.0f} / {sep.seconds:.0f} |"
     )
     print(table[-1], flush=True)
     (OUT / f"{name}.json").write_text(json.dumps([{k: v for k, v in r.__dict__.items() if k != "final"} for r in runs]))
@@ -232,9 +240,9 @@ def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: lis
 
 
 HEADER = [
-    "| case | object MSE joint | object MSE separate | map error joint | map error separate | joint ahead from | "
-    "alpha | s joint / separate |",
-    "|---|---|---|---|---|---|---|---|",
+    "| case | object MSE joint | object MSE separate | seed's MSE joint | seed's MSE separate | map error joint | "
+    "map error separate (lowest on the way) | joint ahead from | alpha | s joint / separate |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -297,14 +305,19 @@ def first_at(iterations: list[int], values: list[float], level: float) -> str:
 def summary() -> None:
     """Iterations the joint run needs to reach the separate run's final errors, from the saved curves."""
     rows = [
-        "| case | joint reaches separate's final object MSE at | joint reaches separate's final map error at |",
-        "|---|---|---|",
+        "| case | joint reaches separate's final object MSE at | ... seed's object MSE at | ... map error at |",
+        "|---|---|---|---|",
     ]
     for path in sorted(OUT.glob("*.json")):
         joint, sep = (r for r in json.loads(path.read_text()) if r["label"] in ("joint", "separate"))
         obj = first_at(joint["iterations"], joint["object_mse"], sep["object_mse"][-1])
+        raw = (
+            first_at(joint["iterations"], joint["object_mse_raw"], sep["object_mse_raw"][-1])
+            if "object_mse_raw" in joint
+            else "-"
+        )
         maps = first_at(joint["iterations"], joint["map_error"], sep["map_error"][-1])
-        rows.append(f"| {path.stem} | {obj} | {maps} |")
+        rows.append(f"| {path.stem} | {obj} | {raw} | {maps} |")
     print("\n".join(rows))
 
 
