@@ -21,12 +21,12 @@ Tensor = torch.Tensor
 class JointXRF(BatchedEngine):
     """Minimise F = sum_j || |D(P S_j O)| - sqrt(I_j) ||^2 / sum I + alpha sum_{e,j} rho(f_ej, D_ej) / norm.
 
-    f_ej = k_e sum_x |P(x)|^2 u_e(x + r_j) are the expected fluorescence counts (seed eq. 2.1) of the absorptions
-    u_e = mu_e w_e (``workers.xrf_model``), O = link(base, u) ties the object to the maps (seed sec. 2.2;
-    ``link="none"`` fits O freely and u to the fluorescence alone: the separate inversions), rho is Gaussian or
-    Poisson. Unknowns: the base (phase or real part), u >= 0 (projected after every step, Adam's momentum dropped
-    where the bound stops it) and the probe; Adam steps per mini-batch of frames with their counts, or
-    (``solver="bh-cg"``) one BH-CG iteration on all frames per epoch (``workers.xrf_bh``).
+    f_ej = k_e sum_x |P(x)|^2 u_e(x + r_j) are the expected fluorescence counts (seed eq. 2.1) of the
+    absorptions u_e = mu_e w_e (``workers.xrf_model``), O = link(base, u) ties the object to the maps
+    (seed sec. 2.2; ``link="none"`` fits O freely and u to the fluorescence alone: the separate
+    inversions), rho is Gaussian or Poisson. Unknowns: the base (phase or real part), u >= 0
+    (projected after every step) and the probe; Adam steps per mini-batch of frames with their
+    counts, or (``solver="bh-cg"``) one BH-CG iteration on all frames per epoch (``workers.xrf_bh``).
     alpha: GradNorm at the first epoch, ||grad_u F_ptycho|| / ||grad_u F_fluor|| on the shared
     absorptions (seed sec. 2.3, beta = 1), fixed afterwards. When the object grows (streaming), the parameters are
     re-read from the state (lossless: the state holds O and w) and Adam's moments restart.
@@ -141,7 +141,8 @@ class JointXRF(BatchedEngine):
                 opt.zero_grad(set_to_none=True)
                 (ptycho / self._intensity() + self.alpha * fluor / norm).backward()
                 opt.step()
-                self._project_u(opt)
+                with torch.no_grad():
+                    self.u.clamp_(min=0)
                 residual += ptycho.detach()
                 fluor_total += fluor.detach()
         finally:
@@ -152,16 +153,6 @@ class JointXRF(BatchedEngine):
         self._publish(flu, mu)
         self.fluorescence_history.append(float(fluor_total) / norm)
         return residual
-
-    def _project_u(self, opt: torch.optim.Adam) -> None:
-        """u >= 0 after an Adam step. Where the bound stops a pixel its first moment is dropped: kept, it would
-        push the pixel into the bound for ~10 more steps and hold it there after its gradient turns."""
-        with torch.no_grad():
-            stopped = self.u < 0
-            moment = opt.state[self.u].get("exp_avg")
-            if moment is not None:
-                moment.masked_fill_(stopped, 0)
-            self.u.clamp_(min=0)
 
     def _bh_epoch(
         self, update_probe: bool, flu: Fluorescence, counts: Tensor, scale: Tensor, mu: np.ndarray

@@ -182,19 +182,6 @@ def test_streaming_chunks_grow_maps_and_keep_counts(scan: ScanData) -> None:
     assert len(engine.fluorescence_history) == 26 and engine.fluorescence_history[-1] < 0.5 * at_end
 
 
-def test_bound_drops_adams_momentum(scan: ScanData) -> None:
-    """After Adam epochs the maps stay >= 0, some pixels sit on the bound, and every pixel the bound
-    stopped carries no first moment (else Adam would keep pushing it into the bound)."""
-    engine = _engine(scan, batch_size=8)
-    engine.add_frames(scan.intensities, scan.positions, scan.fluorescence)
-    engine.iterate(3)
-    assert engine._opt is not None
-    moment = engine._opt.state[engine.u]["exp_avg"]
-    on_bound = engine.u == 0
-    assert bool((engine.u >= 0).all()) and int(on_bound.sum()) > 0
-    assert bool((moment[on_bound] == 0).all()) and bool((moment[~on_bound] != 0).any())
-
-
 def test_refusals(scan: ScanData) -> None:
     engine = _engine(scan)
     engine.add_frames(scan.intensities[:5], scan.positions[:5])
