@@ -219,11 +219,21 @@ def save_images(name: str, scan: ScanData, runs: list[Run]) -> None:
     sheet.quantize(256).save(OUT / f"{name}_images.png", optimize=True)
 
 
-def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: list[str], **options: object) -> list[Run]:
-    runs = [
-        reconstruct(scan, "joint", iterations, refine, link="linear", **options),
-        reconstruct(scan, "separate", iterations, refine, link="none", **options),
+def pair(scan: ScanData, iterations: int, refine: bool, **options: object) -> list[Run]:
+    """The joint run (the seed's linear link) and the separate one (``link="none"``), same options."""
+    return [
+        reconstruct(scan, label, iterations, refine, link=link, **options)
+        for label, link in (("joint", "linear"), ("separate", "none"))
     ]
+
+
+def save_runs(name: str, runs: list[Run]) -> None:
+    """The runs' curves as ``OUT/<name>.json`` (``--summary`` reads them)."""
+    (OUT / f"{name}.json").write_text(json.dumps([{k: v for k, v in r.__dict__.items() if k != "final"} for r in runs]))
+
+
+def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: list[str], **options: object) -> list[Run]:
+    runs = pair(scan, iterations, refine, **options)
     plot(name, runs)
     save_images(name, scan, runs)
     joint, sep = runs
@@ -238,7 +248,7 @@ def compare(name: str, scan: ScanData, iterations: int, refine: bool, table: lis
         f"{joint.seconds:.0f} / {sep.seconds:.0f} |"
     )
     print(table[-1], flush=True)
-    (OUT / f"{name}.json").write_text(json.dumps([{k: v for k, v in r.__dict__.items() if k != "final"} for r in runs]))
+    save_runs(name, runs)
     return runs
 
 
@@ -342,10 +352,7 @@ def floor_table() -> None:
     for solver, level, iterations in FLOOR_CASES:
         name = f"floor_fe_ov83_noise{round(level * 100)}_{solver}"
         scan = noisy(base, level, 7)
-        runs = [
-            reconstruct(scan, label, iterations, False, link=link, solver=solver)
-            for label, link in (("joint", "linear"), ("separate", "none"))
-        ]
+        runs = pair(scan, iterations, False, solver=solver)
         for run in runs:
             at = [first_at(run.iterations, run.object_mse, v) for v in FLOOR_LEVELS]
             k = int(np.argmin(run.object_mse))
@@ -353,9 +360,7 @@ def floor_table() -> None:
             rows.append(f"| {name} | {run.label} | " + " | ".join(at) + f" | {low} |")
             print(rows[-1], flush=True)
         plot(name, runs)
-        (OUT / f"{name}.json").write_text(
-            json.dumps([{k: v for k, v in r.__dict__.items() if k != "final"} for r in runs])
-        )
+        save_runs(name, runs)
     print("\n".join(rows))
 
 
@@ -375,10 +380,7 @@ def objects_table(n: int) -> None:
     for overlap, solver in cases:
         for seed in OBJECT_SEEDS:
             scan = noisy(scan_for(overlap, ("Fe",), seed=seed), 0.03, 7 + seed)
-            joint, sep = (
-                reconstruct(scan, label, n, False, link=link, solver=solver)
-                for label, link in (("joint", "linear"), ("separate", "none"))
-            )
+            joint, sep = pair(scan, n, False, solver=solver)
             rows.append(
                 f"| {round(overlap * 100)}% | {solver} | {seed} | "
                 f"{joint.object_mse[-1]:.2e} / {sep.object_mse[-1]:.2e} | "
